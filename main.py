@@ -1,0 +1,399 @@
+"""Command line of the reproduction of Ernoult et al. (NeurIPS 2019).
+
+    python main.py --preset P-1h --seed 1                 # a Table-1 row (EP and BPTT benchmark)
+    python main.py --preset fig2-toy                      # the toy model's GDU curves (Fig. 2)
+    python main.py --action receipe --preset fig3-P-1h    # sign agreement, to tune T, K, beta
+    python main.py --list-presets
+
+Flags keep the original's names, meanings and defaults (README), except --device-label (default -1,
+CPU) and the fixes listed under "Deviations" in the README.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+# ------------------------------------------------------------------------------------------------
+# Presets: one per command of the original README.  A preset sets the flags of its command; flags
+# given on the command line win.
+
+_EB_FIG = dict(action="plotcurves", no_clamp=True, activation_function="tanh", dt=0.08)
+_P_FIG = dict(action="plotcurves", discrete=True, activation_function="tanh")
+_CONV_FIG = dict(action="plotcurves", size_tab=[10], C_tab=[64, 32, 1], activation_function="hardsigm",
+                 beta=0.02, T=5000, Kmax=10)
+_EB1 = dict(size_tab=[10, 512, 784], beta=0.001, T=800, Kmax=80)
+_EB2 = dict(size_tab=[10, 512, 512, 784], beta=0.01, T=5000, Kmax=150)
+_EB3 = dict(size_tab=[10, 512, 512, 512, 784], beta=0.02, T=30000, Kmax=200)
+_P1 = dict(size_tab=[10, 512, 784], beta=0.01, T=150, Kmax=10)
+_P2 = dict(size_tab=[10, 512, 512, 784], beta=0.01, T=1500, Kmax=40)
+_P3 = dict(size_tab=[10, 512, 512, 512, 784], beta=0.015, T=5000, Kmax=40)
+
+PRESETS = {
+    # Table 1 (training, all with --benchmark: EP and BPTT from the same initial weights)
+    "EB-1h": ("Table 1, EB-1h", dict(action="train", size_tab=[10, 512, 784], lr_tab=[0.05, 0.1], epochs=30,
+                                     T=100, Kmax=12, beta=0.5, dt=0.2, benchmark=True)),
+    "EB-2h": ("Table 1, EB-2h", dict(action="train", size_tab=[10, 512, 512, 784], lr_tab=[0.01, 0.1, 0.4],
+                                     epochs=50, T=400, Kmax=40, beta=0.5, dt=0.2, benchmark=True)),
+    "P-1h": ("Table 1, P-1h", dict(action="train", discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08],
+                                   epochs=30, T=40, Kmax=15, beta=0.1, benchmark=True)),
+    "P-2h": ("Table 1, P-2h", dict(action="train", discrete=True, size_tab=[10, 512, 512, 784],
+                                   lr_tab=[0.005, 0.05, 0.2], epochs=50, T=100, Kmax=20, beta=0.5, benchmark=True)),
+    "P-3h": ("Table 1, P-3h", dict(action="train", discrete=True, size_tab=[10, 512, 512, 512, 784],
+                                   lr_tab=[0.002, 0.01, 0.05, 0.2], epochs=100, T=180, Kmax=20, beta=0.5,
+                                   benchmark=True)),
+    "P-conv": ("Table 1, P-conv", dict(action="train", activation_function="hardsigm", C_tab=[64, 32, 1],
+                                       size_tab=[10], lr_tab=[0.015, 0.035, 0.15], epochs=40, T=200, Kmax=10,
+                                       beta=0.4, benchmark=True)),
+    # GDU figures (plotcurves)
+    "fig2-toy": ("Fig. 2, toy model (EB)", dict(_EB_FIG, toymodel=True, batch_size=1, size_tab=[10, 50, 5],
+                                                beta=0.01, T=5000, Kmax=80)),
+    "fig3-EB-1h": ("Fig. 3, EB-1h", dict(_EB_FIG, batch_size=20, **_EB1)),
+    "fig3-EB-2h": ("Fig. 3, EB-2h", dict(_EB_FIG, batch_size=20, **_EB2)),
+    "fig3-EB-3h": ("Fig. 3, EB-3h", dict(_EB_FIG, batch_size=20, **_EB3)),
+    "fig3-P-1h": ("Fig. 3, P-1h", dict(_P_FIG, batch_size=20, **_P1)),
+    "fig3-P-2h": ("Fig. 3, P-2h (batch 1 as in the README)", dict(_P_FIG, batch_size=1, **_P2)),
+    "fig3-P-3h": ("Fig. 3, P-3h (batch 1 as in the README)", dict(_P_FIG, batch_size=1, **_P3)),
+    "fig4-conv": ("Fig. 4, conv GDU", dict(_CONV_FIG, batch_size=1)),
+    "fig8-EB-1h": ("App. C.2.1 Fig. 8", dict(_EB_FIG, batch_size=1, **_EB1)),
+    "fig9-EB-2h": ("App. C.2.1 Fig. 9", dict(_EB_FIG, batch_size=1, **_EB2)),
+    "fig10-EB-3h": ("App. C.2.1 Fig. 10", dict(_EB_FIG, batch_size=1, **_EB3)),
+    "fig11-P-1h": ("App. C.2.2 Fig. 11", dict(_P_FIG, batch_size=1, **_P1)),
+    "fig12-P-2h": ("App. C.2.2 Fig. 12", dict(_P_FIG, batch_size=1, **_P2)),
+    "fig13-P-3h": ("App. C.2.2 Fig. 13", dict(_P_FIG, batch_size=1, **_P3)),
+    "fig16-conv": ("App. D Fig. 16, conv RMSE", dict(_CONV_FIG, batch_size=20)),
+}
+
+ACTIONS = ("train", "plotcurves", "receipe")
+METHODS = {"eqprop": "EP", "EP": "EP", "BPTT": "BPTT"}
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2, nothing written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise UsageError(message)
+
+
+def make_parser(suppress=False):
+    kw = dict(argument_default=argparse.SUPPRESS) if suppress else {}
+    p = _Parser(prog="main.py", description="EP vs BPTT (Ernoult et al. 2019)", **kw)
+    d = (lambda v: {}) if suppress else (lambda v: {"default": v})
+    a = p.add_argument
+    # optimisation
+    a("--batch-size", type=int, **d(20), help="training batch size; also the batch of plotcurves/receipe")
+    a("--test-batch-size", type=int, **d(1000), help="test batch size (speed only)")
+    a("--epochs", type=int, **d(1))
+    a("--lr_tab", type=float, nargs="+", **d([0.05, 0.1]), help="per-layer rates, output side first")
+    a("--training-method", choices=sorted(METHODS), **d("eqprop"), help="eqprop (= EP) or BPTT")
+    a("--benchmark", action="store_true", **d(False), help="also train a BPTT copy from the same init")
+    # network
+    a("--size_tab", type=int, nargs="+", **d([10]), help="layer sizes from output to input")
+    a("--discrete", action="store_true", **d(False), help="prototypical setting (EPdisc)")
+    a("--dt", type=float, **d(0.2), help="Euler step of the EB setting (P setting: 1 unless given)")
+    a("--T", type=int, **d(100), help="free-phase steps")
+    a("--Kmax", type=int, **d(25), help="nudged-phase steps = BPTT truncation")
+    a("--beta", type=float, **d(1.0), help="nudging strength (> 0)")
+    a("--activation-function", choices=["sigm", "hardsigm", "tanh"], **d("sigm"))
+    a("--no-clamp", action="store_true", **d(False), help="EB: do not clamp states to [0,1]")
+    a("--toymodel", action="store_true", **d(False), help="the toy model of Fig. 2")
+    a("--C_tab", type=int, nargs="+", **d([]), help="conv channels from the classifier down to 1")
+    a("--padding", type=int, **d(0), help="non-zero: same padding P = (Fconv-1)/2")
+    a("--Fconv", type=int, **d(5))
+    a("--Fpool", type=int, **d(2))
+    # others
+    a("--action", choices=ACTIONS, **d("train"))
+    a("--device-label", type=int, **d(-1), help="-1 = CPU (default), N = cuda:N")
+    a("--seed", type=int, **d(None), help="seeds torch, numpy, python, the data order (drawn if absent)")
+    a("--data-dir", **d(os.environ.get("EP_DATA_DIR", "./data")), help="MNIST root (env EP_DATA_DIR)")
+    a("--results-dir", **d("./results"))
+    a("--train-subset", type=int, **d(None), help="use the first N training examples")
+    a("--test-subset", type=int, **d(None), help="use the first N test examples")
+    a("--trials", type=int, **d(20), help="receipe: number of random batches")
+    a("--resume", **d(None), help="continue a train Trial folder from its last finished epoch")
+    a("--quiet", action="store_true", **d(False), help="no progress bar")
+    a("--preset", **d(None), help="set the flags of one of the paper's commands (--list-presets)")
+    a("--list-presets", action="store_true", **d(False))
+    return p
+
+
+def parse_args(argv):
+    """defaults <- preset <- command line.  Also records which flags were set explicitly."""
+    args = make_parser().parse_args(argv)
+    explicit = vars(make_parser(suppress=True).parse_args(argv))
+    preset = {}
+    if args.preset is not None:
+        if args.preset not in PRESETS:
+            raise UsageError(f"--preset: unknown preset {args.preset!r} (see --list-presets)")
+        preset = PRESETS[args.preset][1]
+    for k, v in preset.items():
+        if k not in explicit:
+            setattr(args, k, v)
+    args.explicit = sorted(set(explicit) | set(preset))
+    if args.discrete and "dt" not in args.explicit:
+        args.dt = 1.0  # the paper's prototypical model has no Euler step (spec 9.1.1)
+    if args.C_tab:
+        args.dt = 1.0  # the conv net is always step size 1
+    args.training_method = METHODS[args.training_method]
+    return args
+
+
+def net_kind(args):
+    return "toy" if args.toymodel else "conv" if args.C_tab else "fc"
+
+
+def validate(args):
+    """Every check before any work: raise UsageError naming the flag and what is expected."""
+    from netClasses import conv_geometry
+
+    kind = net_kind(args)
+    for flag, v, lo in [("--T", args.T, 1), ("--Kmax", args.Kmax, 1), ("--batch-size", args.batch_size, 1),
+                        ("--test-batch-size", args.test_batch_size, 1), ("--epochs", args.epochs, 1),
+                        ("--trials", args.trials, 1), ("--Fconv", args.Fconv, 1), ("--Fpool", args.Fpool, 1)]:
+        if v < lo:
+            raise UsageError(f"{flag} must be >= {lo} (got {v})")
+    if args.Kmax > args.T:
+        raise UsageError(f"--Kmax must be <= --T (got Kmax {args.Kmax} > T {args.T})")
+    if not args.beta > 0:
+        raise UsageError(f"--beta must be > 0 (got {args.beta})")
+    if not args.dt > 0:
+        raise UsageError(f"--dt must be > 0 (got {args.dt})")
+    for flag, v in [("--train-subset", args.train_subset), ("--test-subset", args.test_subset)]:
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} must be >= 1 (got {v})")
+    if any(d < 1 for d in args.size_tab) or any(c < 1 for c in args.C_tab):
+        raise UsageError("--size_tab and --C_tab entries must be >= 1")
+    if kind == "toy":
+        if len(args.size_tab) != 3:
+            raise UsageError(f"--size_tab: the toy model expects 'out hidden in', e.g. 10 50 5 (got {args.size_tab})")
+        if args.action == "train":
+            raise UsageError("--toymodel has no dataset to train on: use --action plotcurves or receipe")
+    elif kind == "fc":
+        if len(args.size_tab) < 3 or args.size_tab[-1] != 784 or args.size_tab[0] != 10:
+            raise UsageError(f"--size_tab expects 10 <hidden sizes> 784 (>= 1 hidden layer), got {args.size_tab}")
+    else:
+        if len(args.C_tab) < 2 or args.C_tab[-1] != 1:
+            raise UsageError(f"--C_tab expects channels from the top conv down to the input ending in 1, e.g. 64 32 1 (got {args.C_tab})")
+        if args.size_tab[0] != 10:
+            raise UsageError(f"--size_tab for the conv net lists the classifier layers, starting with 10 (got {args.size_tab})")
+        if args.padding and args.Fconv % 2 == 0:
+            raise UsageError(f"--padding needs an odd --Fconv for same padding (got {args.Fconv})")
+        try:
+            conv_geometry(args.C_tab, args.size_tab, args.Fconv, args.Fpool, bool(args.padding))
+        except ValueError as e:
+            raise UsageError(f"--C_tab/--Fconv/--Fpool: {e}")
+    if args.action == "train":
+        n_layers = 3 if kind == "toy" else (len(args.size_tab) + len(args.C_tab) - 1 if kind == "conv"
+                                            else len(args.size_tab) - 1)
+        if len(args.lr_tab) != n_layers:
+            raise UsageError(f"--lr_tab needs {n_layers} learning rates (one per weight layer, output side first), got {len(args.lr_tab)}")
+    if args.device_label >= 0:
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device-label {args.device_label}: CUDA is not available on this machine (use -1 for CPU)")
+        if args.device_label >= torch.cuda.device_count():
+            raise UsageError(f"--device-label {args.device_label}: only {torch.cuda.device_count()} CUDA device(s)")
+    if kind != "toy":
+        dd = Path(args.data_dir)
+        if dd.exists() and not (dd.is_dir() and os.access(dd, os.R_OK | os.X_OK)):
+            raise UsageError(f"--data-dir {args.data_dir}: not a readable directory")
+    rd = Path(args.results_dir)
+    probe = rd
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+        raise UsageError(f"--results-dir {args.results_dir}: not writable")
+
+
+# ------------------------------------------------------------------------------------------------
+
+def resolve_resume(args):
+    """--resume FOLDER: the run's own configuration, with --epochs (to extend) and --quiet from the
+    command line."""
+    folder = Path(args.resume)
+    cfg_path, ck = folder / "config.json", folder / "checkpoint.pt"
+    if not (cfg_path.is_file() and ck.is_file()):
+        raise UsageError(f"--resume {args.resume}: not a result folder (needs config.json and checkpoint.pt)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        saved = cfg["args"]
+        if saved["action"] != "train":
+            raise UsageError(f"--resume {args.resume}: only train runs can be resumed")
+    except (ValueError, KeyError):
+        raise UsageError(f"--resume {args.resume}: config.json is not this program's")
+    new = argparse.Namespace(**saved)
+    if "epochs" in args.explicit:
+        new.epochs = args.epochs
+    new.quiet, new.resume = args.quiet, str(folder)
+    return new
+
+
+def log_fn(args):
+    return (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
+
+
+def run(args):
+    import numpy as np
+    import torch
+
+    import netFunctions as nf
+    from netClasses import build_net
+
+    log = print  # summary lines always print; --quiet only silences the progress bar and chatter
+    chatter = log_fn(args)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**31)
+    nf.set_seed(args.seed)
+    device = torch.device("cpu" if args.device_label < 0 else f"cuda:{args.device_label}")
+    kind = net_kind(args)
+
+    # data (before any folder is created: a data problem writes nothing)
+    if kind == "toy":
+        g = torch.Generator().manual_seed(args.seed)
+        Xtr = Ytr = None
+    else:
+        flat = kind == "fc"
+        Xtr, Ytr = nf.load_mnist(args.data_dir, True, args.train_subset, flat, device, log=chatter)
+        Xte, Yte = (nf.load_mnist(args.data_dir, False, args.test_subset, flat, device, log=chatter)
+                    if args.action == "train" else (None, None))
+
+    ck = None
+    if args.resume:
+        path, name = Path(args.resume), nf.model_name(args)
+        ck = nf.load_checkpoint(path / "checkpoint.pt")
+    torch.manual_seed(args.seed)
+    net = build_net(args).to(device)
+    net_bptt = None
+    if args.action == "train" and args.benchmark:
+        net_bptt = build_net(args).to(device)
+        net_bptt.load_state_dict(net.state_dict())  # identical initial weights
+    if ck is not None:
+        net.load_state_dict(ck["net"])
+        if net_bptt is not None:
+            net_bptt.load_state_dict(ck["net_bptt"])
+    else:
+        path, name = nf.createPath(args, args.results_dir)
+        nf.createHyperparameterfile(path, name, args)
+        write_config(path, args, device)
+    chatter(f"results in {path}")
+    title = describe(args, net)
+
+    if args.action == "train":
+        rc = nf.train_run(args, net, net_bptt, (Xtr, Ytr, Xte, Yte), path, name, title, ck, log)
+    elif args.action == "plotcurves":
+        x, y = sample_batch(args, Xtr, Ytr, 0, device, net)
+        t0 = time.perf_counter()
+        nS, dS, NT, DT = nf.compute_gdu(net, x, y)
+        secs = time.perf_counter() - t0
+        nf.save_curves(path, nS, dS, NT, DT)
+        metrics = nf.plotFunctions.gdu_metrics([t.cpu().numpy() for t in nS], [t.cpu().numpy() for t in dS],
+                                              [t.cpu().numpy() for t in NT], [t.cpu().numpy() for t in DT],
+                                              net.neuron_names, net.synapse_names)
+        nf.write_json(path / "results.json", dict(
+            action="plotcurves", model=name, title=title, toymodel=bool(args.toymodel), conv=bool(args.C_tab),
+            T=args.T, Kmax=args.Kmax, beta=args.beta, batch_size=args.batch_size, seed=args.seed,
+            neuron_names=net.neuron_names, synapse_names=net.synapse_names, metrics=metrics, seconds=secs))
+        print_metrics(metrics, log)
+        log(f"plotcurves: {secs:.1f} s")
+        rc = 0
+    else:
+        batches = (sample_batch(args, Xtr, Ytr, t, device, net) for t in range(args.trials))
+        res = nf.receipe(net, batches, log=log)
+        res.update(action="receipe", model=name, title=title, seed=args.seed)
+        nf.write_json(path / "receipe.json", res)
+        nf.write_json(path / "results.json", res)
+        rc = 0
+    try:
+        written = nf.plotFunctions.render(path)
+        chatter("figures: " + ", ".join(str(Path(w).name) for w in written))
+    except Exception as e:  # a figure problem must not hide the numbers already saved
+        log(f"warning: figures not rendered ({e})")
+    return rc
+
+
+def sample_batch(args, X, Y, trial, device, net):
+    """A random batch (seeded): MNIST for the nets, uniform x and one shared class for the toy."""
+    import torch
+    g = torch.Generator().manual_seed(args.seed * 1009 + trial)
+    dtype = net.layers[0].weight.dtype
+    if X is None:
+        x = torch.rand(args.batch_size, args.size_tab[-1], generator=g, dtype=dtype)
+        y = torch.zeros(args.batch_size, args.size_tab[0], dtype=dtype)
+        y[:, torch.randint(args.size_tab[0], (1,), generator=g)] = 1
+        return x.to(device), y.to(device)
+    idx = torch.randperm(X.shape[0], generator=g)[: args.batch_size].to(X.device)
+    return X[idx], Y[idx]
+
+
+def describe(args, net):
+    sizes = "-".join(str(d) for d in reversed(net.size_tab))
+    if args.C_tab:
+        sizes = f"conv C{'-'.join(map(str, reversed(args.C_tab)))} -> fc {'-'.join(map(str, reversed(args.size_tab)))}"
+    dt = "" if args.discrete or args.C_tab else f", dt={args.dt:g}"
+    return (f"{type(net).__name__} {sizes} ({args.activation_function}), T={args.T}, K={args.Kmax}, "
+            f"beta={args.beta:g}{dt}")
+
+
+def print_metrics(metrics, log):
+    log(f"{'layer':>10} {'RMSE':>8} {'cos(total)':>11} {'cos(steps)':>11} {'sign agree':>11}")
+    for group in ("neurons", "synapses"):
+        for n, m in metrics[group].items():
+            log(f"{n:>10} {m['rmse']:8.3f} {m['cos_total']:11.3f} {m['cos_steps']:11.3f} {m['sign_agree']:10.1f}%")
+
+
+def write_config(path, args, device):
+    import torch
+    import torchvision
+    import netFunctions as nf
+    cfg = dict(args={k: v for k, v in vars(args).items() if k not in ("list_presets",)},
+               seed=args.seed, command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+               versions=dict(python=platform.python_version(), torch=torch.__version__,
+                             torchvision=torchvision.__version__),
+               device=str(device), device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
+                                                else platform.processor() or platform.machine()),
+               threads=torch.get_num_threads(), started=datetime.datetime.now().isoformat(timespec="seconds"))
+    nf.write_json(Path(path) / "config.json", cfg)
+
+
+def list_presets():
+    for k, (what, flags) in PRESETS.items():
+        opts = " ".join(f"--{f}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
+                        for f, v in flags.items())
+        print(f"{k:12s} {what:45s} {opts}")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+        if args.list_presets:
+            list_presets()
+            return 0
+        if args.resume:
+            args = resolve_resume(args)
+        validate(args)
+    except UsageError as e:
+        print(f"main.py: error: {e}", file=sys.stderr)
+        return 2
+    import netFunctions as nf
+    try:
+        return run(args)
+    except nf.DataError as e:
+        print(f"main.py: error: {e}", file=sys.stderr)
+        return 2
+    except nf.Divergence as e:
+        print(f"main.py: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("main.py: interrupted; resume with --resume <trial folder>", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""The four networks of Ernoult et al. (NeurIPS 2019): EPcont, EPdisc, toyEPcont, convEP.
+
+Conventions (as in the paper and the original code):
+- Layer 0 is the OUTPUT layer; indices grow towards the input x.  States are B x d row matrices.
+- A network is a convergent RNN with static input:  s(t+1) = F(x, s(t), theta),  s(0) = 0.
+- Each class only says what differs: its stepper `step` (one synchronous time step), its static
+  input drive `drive` (computed once per batch: x never changes), and its Hebbian terms `hebbian`
+  (dPhi/dtheta, summed over the batch).  `EPNet` holds everything they share: the free phase
+  (T steps), the nudged phase (Kmax steps, beta > 0), the EP update, and the truncated-BPTT window.
+- Steppers are *functional*: they take the parameter list P explicitly.  Training passes the
+  module's own parameters; the GDU analysis passes one leaf copy per transition, which gives the
+  per-transition BPTT gradients dL/dtheta_(T-k) in one backward pass.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ------------------------------------------------------------------------------------------------
+# Activations (spec section 3).  rhop is returned as a float tensor (the original's hardsigm gave a bool).
+
+class Activation:
+    def __init__(self, name, rho, rhop):
+        self.name, self.rho, self.rhop = name, rho, rhop
+
+    def __repr__(self):
+        return f"Activation({self.name})"
+
+
+def _sigm(u):  # sigmoid centred at 1/2 with slope 1 there, range (0, 1)
+    return torch.sigmoid(4.0 * (u - 0.5))
+
+
+def _sigmp(u):
+    r = _sigm(u)
+    return 4.0 * r * (1.0 - r)
+
+
+def _hardsigm(u):
+    return u.clamp(0.0, 1.0)
+
+
+def _hardsigmp(u):
+    return ((u >= 0) & (u <= 1)).to(u.dtype)
+
+
+def _tanhp(u):
+    return 1.0 - torch.tanh(u) ** 2
+
+
+ACTIVATIONS = {
+    "sigm": Activation("sigm", _sigm, _sigmp),
+    "hardsigm": Activation("hardsigm", _hardsigm, _hardsigmp),
+    "tanh": Activation("tanh", torch.tanh, _tanhp),
+}
+
+
+def get_activation(name):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+# ------------------------------------------------------------------------------------------------
+
+class EPNet(nn.Module):
+    """What all four networks share.
+
+    A subclass defines `self.layers` (an nn.ModuleList of modules with .weight and .bias, in the
+    order of --lr_tab), `self.ns` (number of neuron layers), `neuron_names`, `synapse_names`, and
+    the methods `initHidden`, `drive`, `step`, `hebbian`.  The flat parameter list P is
+    [layers[0].weight, layers[0].bias, layers[1].weight, ...]; layer l's learning rate is lr_tab[l].
+    """
+
+    prototypical = False
+
+    def __init__(self, T, Kmax, beta, dt, lr_tab, activation, clamp=False):
+        super().__init__()
+        self.T, self.Kmax, self.beta, self.dt = int(T), int(Kmax), float(beta), float(dt)
+        self.lr_tab = [float(lr) for lr in lr_tab] if lr_tab is not None else None
+        self.act = activation if isinstance(activation, Activation) else get_activation(activation)
+        self.rho, self.rhop = self.act.rho, self.act.rhop
+        self.clamp = bool(clamp)
+
+    # --- plumbing -------------------------------------------------------------------------------
+    def param_list(self):
+        return [p for m in self.layers for p in (m.weight, m.bias)]
+
+    @property
+    def n_weight_layers(self):
+        return len(self.layers)
+
+    @property
+    def device(self):
+        return self.layers[0].weight.device
+
+    def _zeros(self, B, *shape):
+        w = self.layers[0].weight
+        return torch.zeros(B, *shape, device=w.device, dtype=w.dtype)
+
+    @staticmethod
+    def clone_state(s):
+        return [t.detach().clone() for t in s]
+
+    def neurons(self, s):
+        """The neuron layers of a state (convEP also carries its pooling indices in the list)."""
+        return s[: self.ns]
+
+    # --- the two EP phases (no autograd: EP needs no gradient) -----------------------------------
+    @torch.no_grad()
+    def free_phase(self, x, s=None, T=None, d=None, P=None):
+        """T free steps (beta = 0) from s (zero state if None).  Returns s(T)."""
+        P = self.param_list() if P is None else P
+        d = self.drive(x, P) if d is None else d
+        s = self.initHidden(x.shape[0]) if s is None else s
+        for _ in range(self.T if T is None else T):
+            s = self.step(s, d, P)
+        return s
+
+    @torch.no_grad()
+    def nudged_phase(self, x, s, y, beta=None, K=None, d=None, P=None, record=None):
+        """K nudged steps from s (the free state).  record(k, s_k, s_k+1) is called after each."""
+        P = self.param_list() if P is None else P
+        d = self.drive(x, P) if d is None else d
+        beta = self.beta if beta is None else beta
+        for k in range(self.Kmax if K is None else K):
+            s_new = self.step(s, d, P, y, beta)
+            if record is not None:
+                record(k, s, s_new)
+            s = s_new
+        return s
+
+    # --- EP update ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def computeGradients(self, beta, x, s, seq):
+        """EP estimate of -dL/dtheta: (1/(beta B)) [dPhi/dtheta(s^beta) - dPhi/dtheta(s^0)]."""
+        B = x.shape[0]
+        return [(a - b) / (beta * B) for a, b in zip(self.hebbian(x, s), self.hebbian(x, seq))]
+
+    @torch.no_grad()
+    def updateWeights(self, deltas):
+        """Plain SGD step theta += lr * delta, layer l at lr_tab[l] (weight and bias alike)."""
+        for l, m in enumerate(self.layers):
+            m.weight.add_(deltas[2 * l], alpha=self.lr_tab[l])
+            m.bias.add_(deltas[2 * l + 1], alpha=self.lr_tab[l])
+
+    # --- truncated BPTT ---------------------------------------------------------------------------
+    def bptt_window(self, x, y, K=None, per_transition=False):
+        """Run T steps; only the last K transitions record an autograd graph.
+
+        Returns (loss, states, Ps): states[j] = s(T-K+j) for j = 0..K (states[0] carries no graph);
+        Ps[j] = the parameter list used by the transition producing states[j+1].  With
+        per_transition=True each of those transitions gets its own leaf copy of the parameters, so
+        autograd.grad w.r.t. Ps[j] is dL/dtheta_(T-K+j+1), the per-transition gradient of the paper.
+        Loss L = (1/2B) sum ||s_0(T) - y||^2.
+        """
+        K = self.Kmax if K is None else K
+        P = self.param_list()
+        with torch.no_grad():
+            s = self.free_phase(x, T=self.T - K, P=P)
+        states, Ps = [s], []
+        d = None if per_transition else self.drive(x, P)
+        for _ in range(K):
+            Pt = [p.detach().requires_grad_() for p in P] if per_transition else P
+            s = self.step(s, self.drive(x, Pt) if per_transition else d, Pt)
+            states.append(s)
+            Ps.append(Pt)
+        loss = 0.5 * ((s[0] - y) ** 2).sum() / x.shape[0]
+        return loss, states, Ps
+
+    def forward(self, x, s=None, method="nograd", beta=0.0, target=None, K=None):
+        """The original's modes: 'nograd' (free phase if beta == 0, else K nudged steps from s) and
+        'withgrad' (the truncated-BPTT forward; returns (loss, final state))."""
+        if method == "withgrad":
+            loss, states, _ = self.bptt_window(x, target, K)
+            return loss, states[-1]
+        if beta == 0:
+            return self.free_phase(x, s)
+        return self.nudged_phase(x, s, target, beta, K)
+
+
+# ------------------------------------------------------------------------------------------------
+
+class _LayeredFC(EPNet):
+    """Fully connected layered net: W_{n,n+1} (d_n x d_{n+1}) and bias b_n live in layers[n], a
+    Linear(d_{n+1} -> d_n); layers[N-1] holds the input weights W_{N-1,x}.  The two settings differ
+    only in `phi` (what a neighbour sends: rho(s) in EB, s in P) and `settle` (the increment)."""
+
+    def __init__(self, size_tab, **kw):
+        super().__init__(**kw)
+        if len(size_tab) < 3:
+            raise ValueError("size_tab needs >= 3 entries (output, hidden..., input)")
+        self.size_tab = list(size_tab)
+        self.ns = len(size_tab) - 1
+        self.layers = nn.ModuleList(nn.Linear(size_tab[n + 1], size_tab[n]) for n in range(self.ns))
+        self.neuron_names = [f"s^{n}" for n in range(self.ns)]
+        self.synapse_names = [f"W_{{{n}{n + 1}}}" for n in range(self.ns - 1)] + [f"W_{{{self.ns - 1}x}}"]
+
+    def initHidden(self, B):
+        return [self._zeros(B, d) for d in self.size_tab[:-1]]
+
+    def drive(self, x, P):
+        """Static input drive phi(x) W_{N-1,x}^T + b_{N-1}: computed once per batch."""
+        return torch.addmm(P[-1], self.phi(x), P[-2].t())
+
+    def step(self, s, d, P, y=None, beta=0.0):
+        N, a = self.ns, [self.phi(t) for t in s]
+        out = []
+        for n in range(N):
+            h = d if n == N - 1 else torch.addmm(P[2 * n + 1], a[n + 1], P[2 * n].t())
+            if n > 0:
+                h = h + a[n - 1] @ P[2 * n - 2]  # feedback through the transpose of W_{n-1,n}
+            g = self.settle(s[n], h, n)
+            if n == 0 and beta:
+                g = g + beta * (y - s[0])
+            out.append(s[n] + self.dt * g)
+        if self.clamp:
+            out = [t.clamp(0.0, 1.0) for t in out]
+        return out
+
+    def hebbian(self, x, s):
+        a = [self.phi(t) for t in s] + [self.phi(x)]
+        H = []
+        for n in range(self.ns):
+            H += [a[n].t() @ a[n + 1], a[n].sum(0)]
+        return H
+
+
+class EPcont(_LayeredFC):
+    """Energy-based setting (EB): Euler step dt of ds/dt = -dE/ds for a Hopfield-like energy.
+    Neighbours (and the input) are seen through rho; hidden layers carry the rho'(s_n) factor, the
+    output layer does not (as coded by the authors, spec 9.1.3).  States clamped to [0,1] unless
+    --no-clamp."""
+
+    def phi(self, t):
+        return self.rho(t)
+
+    def settle(self, s_n, h, n):
+        return -s_n + (h if n == 0 else self.rhop(s_n) * h)
+
+
+class EPdisc(_LayeredFC):
+    """Prototypical setting (P): s_n <- rho(W s_{n+1} + W^T s_{n-1} + b_n) for dt = 1 (the paper's
+    discrete-time model).  No clamping; the raw input x drives the first layer."""
+
+    prototypical = True
+
+    def __init__(self, size_tab, **kw):
+        kw["clamp"] = False
+        super().__init__(size_tab, **kw)
+
+    def phi(self, t):
+        return t
+
+    def settle(self, s_n, h, n):
+        return -s_n + self.rho(h)
+
+
+# ------------------------------------------------------------------------------------------------
+
+class toyEPcont(EPNet):
+    """The toy model of Fig. 2: output s_0 (10), hidden s_1 (50), input x (5).  The input feeds both
+    layers; no lateral connections.  layers = [A = W_01 (bias a), C = W_0x (bias c), D = W_1x (bias e)].
+    Its dynamics derive exactly from the energy
+        E = 1/2 sum ||s||^2 - rho(s_0)^T A rho(s_1) - rho(s_0)^T C rho(x) - rho(s_1)^T D rho(x)
+            - (a + c)^T rho(s_0) - e^T rho(s_1),
+    so the GDU theorem applies exactly as beta -> 0."""
+
+    def __init__(self, size_tab, **kw):
+        super().__init__(**kw)
+        if len(size_tab) != 3:
+            raise ValueError("toy model sizes must be 'out hidden in'")
+        self.size_tab = list(size_tab)
+        n0, n1, nx = size_tab
+        self.ns = 2
+        self.layers = nn.ModuleList([nn.Linear(n1, n0), nn.Linear(nx, n0), nn.Linear(nx, n1)])
+        self.neuron_names = ["s^0", "s^1"]
+        self.synapse_names = ["W_{01}", "W_{0x}", "W_{1x}"]
+
+    def initHidden(self, B):
+        return [self._zeros(B, self.size_tab[0]), self._zeros(B, self.size_tab[1])]
+
+    def drive(self, x, P):
+        A, a, C, c, D, e = P
+        rx = self.rho(x)
+        return torch.addmm(c + a, rx, C.t()), torch.addmm(e, rx, D.t())
+
+    def step(self, s, d, P, y=None, beta=0.0):
+        A = P[0]
+        r0, r1 = self.rho(s[0]), self.rho(s[1])
+        g0 = -s[0] + self.rhop(s[0]) * (r1 @ A.t() + d[0])
+        if beta:
+            g0 = g0 + beta * (y - s[0])
+        g1 = -s[1] + self.rhop(s[1]) * (r0 @ A + d[1])
+        out = [s[0] + self.dt * g0, s[1] + self.dt * g1]
+        if self.clamp:
+            out = [t.clamp(0.0, 1.0) for t in out]
+        return out
+
+    def hebbian(self, x, s):
+        r0, r1, rx = self.rho(s[0]), self.rho(s[1]), self.rho(x)
+        return [r0.t() @ r1, r0.sum(0), r0.t() @ rx, r0.sum(0), r1.t() @ rx, r1.sum(0)]
+
+
+# ------------------------------------------------------------------------------------------------
+
+def conv_geometry(C_tab, size_tab, Fconv=5, Fpool=2, padding=False, in_size=28):
+    """Spatial sizes of the conv net, from the input up.  Returns (conv_out, pooled), both listed
+    top-first (index 0 = the conv layer nearest the classifier), or raises ValueError if a layer
+    shrinks to nothing."""
+    P = (Fconv - 1) // 2 if padding else 0
+    h, conv_out, pooled = in_size, [], []
+    for _ in range(len(C_tab) - 1):
+        hc = h - Fconv + 1 + 2 * P
+        hp = (hc - Fpool) // Fpool + 1 if hc >= Fpool else 0
+        if hc < 1 or hp < 1:
+            raise ValueError(f"conv geometry shrinks to nothing (input {h}, Fconv {Fconv}, Fpool {Fpool})")
+        conv_out.append(hc)
+        pooled.append(hp)
+        h = hp
+    return conv_out[::-1], pooled[::-1]
+
+
+class convEP(EPNet):
+    """Convolutional prototypical net (always step size 1).  For --C_tab 64 32 1 --size_tab 10:
+    x (1x28x28) -conv_1-> pool -> s_2 (32x12x12) -conv_0-> pool -> s_1 (64x4x4) -fc_0-> s_0 (10).
+
+    layers = [fc_0, ..., fc_{nc-1}, conv_0 (top), ..., conv_{nconv-1} (bottom)], the order of
+    --lr_tab.  A conv state is rho(pool(conv(state below)) + unpool-then-transposed-conv(state
+    above)), using the pooling indices computed in the same step; the state list carries, after
+    the neuron layers, the pooling indices of each conv state's last step (the EP update needs them).
+    """
+
+    prototypical = True
+
+    def __init__(self, size_tab, C_tab, Fconv=5, Fpool=2, padding=False, **kw):
+        kw["clamp"] = False
+        kw["dt"] = 1.0
+        super().__init__(**kw)
+        if C_tab[-1] != 1:
+            raise ValueError("C_tab must end with 1 (MNIST has one input channel)")
+        self.C_tab, self.F, self.Fpool = list(C_tab), int(Fconv), int(Fpool)
+        self.pad = (self.F - 1) // 2 if padding else 0
+        self.conv_out, self.pooled = conv_geometry(C_tab, size_tab, Fconv, Fpool, padding)
+        self.nconv = len(C_tab) - 1
+        flat = C_tab[0] * self.pooled[0] ** 2
+        self.size_tab = list(size_tab) + [flat]  # the flattened top conv state is appended
+        self.nc = len(size_tab)
+        self.ns = self.nc + self.nconv
+        fc = [nn.Linear(self.size_tab[i + 1], self.size_tab[i]) for i in range(self.nc)]
+        conv = [nn.Conv2d(C_tab[j + 1], C_tab[j], self.F, padding=self.pad) for j in range(self.nconv)]
+        self.layers = nn.ModuleList(fc + conv)
+        self.neuron_names = [f"s^{n}" for n in range(self.ns)]
+        self.synapse_names = [f"W_{{fc{i}}}" for i in range(self.nc)] + [f"W_{{conv{j}}}" for j in range(self.nconv)]
+
+    def initHidden(self, B):
+        s = [self._zeros(B, d) for d in self.size_tab[: self.nc]]
+        s += [self._zeros(B, self.C_tab[j], p, p) for j, p in enumerate(self.pooled)]
+        s += [torch.zeros(B, self.C_tab[j], p, p, dtype=torch.long, device=self.device)
+              for j, p in enumerate(self.pooled)]
+        return s
+
+    def _pool(self, u):
+        return F.max_pool2d(u, self.Fpool, stride=self.Fpool, return_indices=True)
+
+    def _unpool(self, s_j, idx, j):
+        return F.max_unpool2d(s_j, idx, self.Fpool, stride=self.Fpool, output_size=(self.conv_out[j],) * 2)
+
+    def drive(self, x, P):
+        """The bottom conv layer's pooled input and its pooling indices: x is static."""
+        return self._pool(F.conv2d(x, P[-2], P[-1], padding=self.pad))
+
+    def step(self, s, d, P, y=None, beta=0.0):
+        nc, nconv = self.nc, self.nconv
+        out = []
+        for n in range(nc):  # classifier layers
+            below = s[n + 1].flatten(1)
+            h = torch.addmm(P[2 * n + 1], below, P[2 * n].t())
+            if n > 0:
+                h = h + s[n - 1] @ P[2 * n - 2]
+            g = -s[n] + self.rho(h)
+            if n == 0 and beta:
+                g = g + beta * (y - s[0])
+            out.append(s[n] + g)
+        inds = []
+        for j in range(nconv):  # conv layers, top first: feedback uses this step's indices above
+            W, b = P[2 * (nc + j)], P[2 * (nc + j) + 1]
+            pooled, idx = d if j == nconv - 1 else self._pool(F.conv2d(s[nc + j + 1], W, b, padding=self.pad))
+            if j == 0:
+                fb = (s[nc - 1] @ P[2 * (nc - 1)]).view_as(s[nc])
+            else:
+                Wa = P[2 * (nc + j - 1)]
+                fb = F.conv_transpose2d(self._unpool(s[nc + j - 1], inds[j - 1], j - 1), Wa, padding=self.pad)
+            out.append(s[nc + j] + (-s[nc + j] + self.rho(pooled + fb)))
+            inds.append(idx)
+        return out + inds
+
+    def hebbian(self, x, s):
+        nc, nconv = self.nc, self.nconv
+        H = []
+        for n in range(nc):
+            H += [s[n].t() @ s[n + 1].flatten(1), s[n].sum(0)]
+        for j in range(nconv):
+            U = self._unpool(s[nc + j], s[self.ns + j], j)
+            a = x if j == nconv - 1 else s[nc + j + 1]
+            W = self.layers[nc + j].weight
+            H += [torch.nn.grad.conv2d_weight(a, W.shape, U, padding=self.pad), U.sum((0, 2, 3))]
+        return H
+
+
+# ------------------------------------------------------------------------------------------------
+
+def build_net(args, activation=None):
+    """The class choice of the original: --toymodel, else --C_tab (conv), else --discrete, else EB."""
+    act = activation or get_activation(args.activation_function)
+    common = dict(T=args.T, Kmax=args.Kmax, beta=args.beta, dt=args.dt, lr_tab=args.lr_tab,
+                  activation=act, clamp=not args.no_clamp)
+    if args.toymodel:
+        return toyEPcont(args.size_tab, **common)
+    if args.C_tab:
+        return convEP(args.size_tab, args.C_tab, Fconv=args.Fconv, Fpool=args.Fpool,
+                      padding=bool(args.padding), **common)
+    if args.discrete:
+        return EPdisc(args.size_tab, **common)
+    return EPcont(args.size_tab, **common)
