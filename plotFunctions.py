@@ -141,6 +141,8 @@ def _tex(name):
 def _suptitle(title, T=None, Kmax=None, beta=None):
     extra = ", ".join(f"{k}={v}" for k, v in (("T", T), ("K", Kmax), (r"$\beta$", beta))
                       if v is not None)
+    if title and "T=" in title:  # the caller's title already names T, K and beta
+        return title
     return f"{title}  ({extra})" if title and extra else (title or extra)
 
 
