@@ -20,8 +20,25 @@ import torch.nn.functional as F
 # Activations (spec section 3).  rhop is returned as a float tensor (the original's hardsigm gave a bool).
 
 class Activation:
-    def __init__(self, name, rho, rhop):
+    """rho, its derivative rhop, and in-place forms for the fast stepper:
+    rho(u) = prim(scale * u + shift), so a layer's pre-activation can be computed directly in the
+    scaled space by pre-scaling its weights once per batch (one addmm + one in-place prim)."""
+
+    def __init__(self, name, rho, rhop, scale, shift, prim_, rhop_from_rho_):
         self.name, self.rho, self.rhop = name, rho, rhop
+        self.scale, self.shift, self.prim_ = scale, shift, prim_
+        self._rhop_from_rho_ = rhop_from_rho_
+
+    def rho_into(self, u, out):
+        if self.scale == 1 and self.shift == 0:
+            out.copy_(u)
+        else:
+            torch.mul(u, self.scale, out=out).add_(self.shift)
+        return self.prim_(out)
+
+    def rhop_into(self, u, r, out):
+        """rho'(u) into out, given r = rho(u)."""
+        return self._rhop_from_rho_(u, r, out)
 
     def __repr__(self):
         return f"Activation({self.name})"
@@ -49,9 +66,12 @@ def _tanhp(u):
 
 
 ACTIVATIONS = {
-    "sigm": Activation("sigm", _sigm, _sigmp),
-    "hardsigm": Activation("hardsigm", _hardsigm, _hardsigmp),
-    "tanh": Activation("tanh", torch.tanh, _tanhp),
+    "sigm": Activation("sigm", _sigm, _sigmp, 4.0, -2.0, torch.Tensor.sigmoid_,
+                       lambda u, r, out: torch.addcmul(r, r, r, value=-1.0, out=out).mul_(4.0)),
+    "hardsigm": Activation("hardsigm", _hardsigm, _hardsigmp, 1.0, 0.0, lambda t: t.clamp_(0.0, 1.0),
+                           lambda u, r, out: torch.logical_and(u >= 0, u <= 1, out=out)),
+    "tanh": Activation("tanh", torch.tanh, _tanhp, 1.0, 0.0, torch.Tensor.tanh_,
+                       lambda u, r, out: torch.mul(r, r, out=out).neg_().add_(1.0)),
 }
 
 
@@ -73,6 +93,7 @@ class EPNet(nn.Module):
     """
 
     prototypical = False
+    fast = True  # use the in-place stepper in no-grad phases where the class has one
 
     def __init__(self, T, Kmax, beta, dt, lr_tab, activation, clamp=False):
         super().__init__()
@@ -107,28 +128,48 @@ class EPNet(nn.Module):
         return s[: self.ns]
 
     # --- the two EP phases (no autograd: EP needs no gradient) -----------------------------------
-    @torch.no_grad()
-    def free_phase(self, x, s=None, T=None, d=None, P=None):
-        """T free steps (beta = 0) from s (zero state if None).  Returns s(T)."""
+    def context(self, x, P=None, d=None):
+        """What stays fixed during a batch: the parameters P and the static input drive d (x never
+        changes, so its projection is computed once, not at every step).  Classes with an in-place
+        stepper (`fast_step`) add their pre-scaled copies and scratch buffers (`fast_context`)."""
         P = self.param_list() if P is None else P
-        d = self.drive(x, P) if d is None else d
-        s = self.initHidden(x.shape[0]) if s is None else s
-        for _ in range(self.T if T is None else T):
-            s = self.step(s, d, P)
-        return s
+        ctx = {"P": P, "d": self.drive(x, P) if d is None else d}
+        if self.fast and hasattr(self, "fast_step"):
+            with torch.no_grad():
+                ctx.update(self.fast_context(x, P))
+        return ctx
 
     @torch.no_grad()
-    def nudged_phase(self, x, s, y, beta=None, K=None, d=None, P=None, record=None):
-        """K nudged steps from s (the free state).  record(k, s_k, s_k+1) is called after each."""
-        P = self.param_list() if P is None else P
-        d = self.drive(x, P) if d is None else d
-        beta = self.beta if beta is None else beta
-        for k in range(self.Kmax if K is None else K):
-            s_new = self.step(s, d, P, y, beta)
+    def run_steps(self, s, ctx, steps, y=None, beta=0.0, record=None):
+        """`steps` synchronous steps from s (never modified).  record(k, s_k, s_k+1) after each.
+        Uses the in-place stepper (two ping-pong buffers, no allocation per step) where the class
+        has one and self.fast is on; the plain functional `step` otherwise (the reference)."""
+        if self.fast and "fast" in ctx:
+            bufs = ([torch.empty_like(t) for t in s], [torch.empty_like(t) for t in s])
+            for k in range(steps):
+                s_new = self.fast_step(s, ctx, y, beta, bufs[k % 2])
+                if record is not None:
+                    record(k, s, s_new)
+                s = s_new
+            return s
+        for k in range(steps):
+            s_new = self.step(s, ctx["d"], ctx["P"], y, beta)
             if record is not None:
                 record(k, s, s_new)
             s = s_new
         return s
+
+    def free_phase(self, x, s=None, T=None, ctx=None, P=None, d=None):
+        """T free steps (beta = 0) from s (zero state if None).  Returns s(T)."""
+        ctx = self.context(x, P, d) if ctx is None else ctx
+        s = self.initHidden(x.shape[0]) if s is None else s
+        return self.run_steps(s, ctx, self.T if T is None else T)
+
+    def nudged_phase(self, x, s, y, beta=None, K=None, ctx=None, P=None, d=None, record=None):
+        """K nudged steps from s (the free state), beta > 0 pulls the output towards y."""
+        ctx = self.context(x, P, d) if ctx is None else ctx
+        beta = self.beta if beta is None else beta
+        return self.run_steps(s, ctx, self.Kmax if K is None else K, y, beta, record)
 
     # --- EP update ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -143,6 +184,11 @@ class EPNet(nn.Module):
         for l, m in enumerate(self.layers):
             m.weight.add_(deltas[2 * l], alpha=self.lr_tab[l])
             m.bias.add_(deltas[2 * l + 1], alpha=self.lr_tab[l])
+
+    @torch.no_grad()
+    def ep_update(self, beta, x, s, seq):
+        """The EP training step: updateWeights(computeGradients(...)).  Layered nets fuse it."""
+        self.updateWeights(self.computeGradients(beta, x, s, seq))
 
     # --- truncated BPTT ---------------------------------------------------------------------------
     def bptt_window(self, x, y, K=None, per_transition=False):
@@ -217,6 +263,62 @@ class _LayeredFC(EPNet):
         if self.clamp:
             out = [t.clamp(0.0, 1.0) for t in out]
         return out
+
+    def fast_context(self, x, P):
+        """Pre-scaled weights so that a step is one addmm per coupling plus a few in-place ops.
+        EB: weights and biases times dt (the Euler step).  P: times the activation's scale, bias
+        plus its shift (rho(u) = prim(scale u + shift))."""
+        a, c = (self.dt, 0.0) if not self.prototypical else (self.act.scale, self.act.shift)
+        W = [a * P[2 * n] for n in range(self.ns)]
+        b = [a * P[2 * n + 1] + c for n in range(self.ns)]
+        d = torch.addmm(b[-1], self.phi(x), W[-1].t())
+        B = x.shape[0]
+        scratch = [self._zeros(B, dn) for dn in self.size_tab[:-1]]
+        return {"fast": True, "W": W, "b": b, "dx": d,
+                "r": scratch, "rp": [torch.empty_like(t) for t in scratch]}
+
+    def fast_step(self, s, ctx, y, beta, out):
+        N, W, b, dt = self.ns, ctx["W"], ctx["b"], self.dt
+        if self.prototypical:
+            a = s
+        else:  # neighbours are seen through rho; hidden layers need rho'(s) too
+            a = [self.act.rho_into(s[n], ctx["r"][n]) for n in range(N)]
+            for n in range(1, N):
+                self.act.rhop_into(s[n], a[n], ctx["rp"][n])
+        for n in range(N):
+            if n == N - 1:
+                torch.addmm(ctx["dx"], a[n - 1], W[n - 1], out=out[n])
+            else:
+                torch.addmm(b[n], a[n + 1], W[n].t(), out=out[n])
+                if n > 0:
+                    out[n].addmm_(a[n - 1], W[n - 1])
+            if self.prototypical:  # s + dt (-s + rho(h)), with h already in the scaled space
+                self.act.prim_(out[n])
+                if dt != 1.0:
+                    out[n].mul_(dt).add_(s[n], alpha=1.0 - dt)
+            else:  # s + dt (-s + rho'(s) h), with dt already folded into W and b
+                if n > 0:
+                    out[n].mul_(ctx["rp"][n])
+                out[n].add_(s[n], alpha=1.0 - dt)
+        if beta:
+            out[0].add_(y, alpha=beta * dt).sub_(s[0], alpha=beta * dt)
+        if self.clamp:
+            for t in out:
+                t.clamp_(0.0, 1.0)
+        return out
+
+    @torch.no_grad()
+    def ep_update(self, beta, x, s, seq):
+        """Fused EP step: W_n += lr_n/(beta B) [a_n^T a_n+1 |beta - a_n^T a_n+1 |0] as ONE addmm of
+        the stacked phases ([a^beta; -a^0]^T [a^beta; a^0]), no intermediate Hebbian matrices."""
+        B = x.shape[0]
+        a = [torch.cat([self.phi(u), -self.phi(v)]) for u, v in zip(self.neurons(s), self.neurons(seq))]
+        px = self.phi(x)
+        for n, m in enumerate(self.layers):
+            k = self.lr_tab[n] / (beta * B)
+            right = torch.cat([a[n + 1][:B], -a[n + 1][B:]]) if n + 1 < self.ns else torch.cat([px, px])
+            m.weight.addmm_(a[n].t(), right, alpha=k)
+            m.bias.add_(a[n].sum(0), alpha=k)
 
     def hebbian(self, x, s):
         a = [self.phi(t) for t in s] + [self.phi(x)]

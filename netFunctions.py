@@ -38,13 +38,11 @@ def ep_batch(net, x, y):
     """One EP update: T free steps, Kmax nudged steps (beta > 0), contrastive Hebbian update.
     Everything without autograd; the static input drive is computed once.  Returns s_0 of the
     free phase (the prediction) ."""
-    P = net.param_list()
     with torch.no_grad():
-        d = net.drive(x, P)
-        s = net.free_phase(x, d=d, P=P)
-        seq = net.clone_state(s)
-        s = net.nudged_phase(x, s, y, d=d, P=P)
-        net.updateWeights(net.computeGradients(net.beta, x, s, seq))
+        ctx = net.context(x)
+        seq = net.free_phase(x, ctx=ctx)
+        s = net.nudged_phase(x, seq, y, ctx=ctx)
+        net.ep_update(net.beta, x, s, seq)
     return seq[0]
 
 
@@ -167,7 +165,7 @@ def compute_dSDT(net, x, y, seq, beta=None, K=None):
             for l in range(L):
                 DT[l][k] = -(H[2 * l] - H0[2 * l]) / (beta * B)
 
-        s = net.nudged_phase(x, net.clone_state(seq), y, beta=beta, K=K, P=P, record=record)
+        s = net.nudged_phase(x, seq, y, beta=beta, K=K, P=P, record=record)
         if _layered(net):
             for n in range(net.ns):
                 dS[n][:n] = 0
