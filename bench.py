@@ -1,0 +1,207 @@
+"""Benchmark: every Table-1 setting against this machine's measured limit.
+
+    python bench.py                      # all six settings on the CPU, writes bench.json
+    python bench.py --quick              # a reduced subset (CI smoke)
+    python bench.py --device-label 0     # the same on cuda:0
+
+For each setting (the paper's T, Kmax, beta, batch 20, random data of MNIST's shape, so no dataset
+is needed): milliseconds per training batch for EP and for BPTT (median of several repeats, after
+a warm-up), the time of one test pass (10 000 examples), the projected seconds per epoch (3 000
+batches + one test pass), and the floating-point operations each batch really needs (formulas in
+`flops_*` below) divided by the time: achieved GFLOP/s and its fraction of the measured fp32 GEMM
+rate of this machine.  Also the wall time of one GDU plotcurves computation at reduced T.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+
+import netFunctions as nf
+from netClasses import build_net, conv_geometry
+
+SETTINGS = {  # Table 1 (README commands)
+    "EB-1h": dict(size_tab=[10, 512, 784], lr_tab=[0.05, 0.1], T=100, Kmax=12, beta=0.5, dt=0.2),
+    "EB-2h": dict(size_tab=[10, 512, 512, 784], lr_tab=[0.01, 0.1, 0.4], T=400, Kmax=40, beta=0.5, dt=0.2),
+    "P-1h": dict(discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08], T=40, Kmax=15, beta=0.1),
+    "P-2h": dict(discrete=True, size_tab=[10, 512, 512, 784], lr_tab=[0.005, 0.05, 0.2], T=100, Kmax=20, beta=0.5),
+    "P-3h": dict(discrete=True, size_tab=[10, 512, 512, 512, 784], lr_tab=[0.002, 0.01, 0.05, 0.2], T=180,
+                 Kmax=20, beta=0.5),
+    "P-conv": dict(activation_function="hardsigm", C_tab=[64, 32, 1], size_tab=[10], lr_tab=[0.015, 0.035, 0.15],
+                   T=200, Kmax=10, beta=0.4),
+}
+QUICK = {"P-1h": dict(), "P-conv": dict(T=20, Kmax=4)}
+N_TRAIN, N_TEST, B = 60000, 10000, 20
+
+
+def make_args(name, over=None, device_label=-1):
+    a = dict(discrete=False, toymodel=False, C_tab=[], activation_function="sigm", no_clamp=False, dt=0.2,
+             Fconv=5, Fpool=2, padding=0, batch_size=B, device_label=device_label)
+    a.update(SETTINGS[name])
+    a.update(over or {})
+    if a["discrete"] or a["C_tab"]:
+        a["dt"] = 1.0
+    return SimpleNamespace(**a)
+
+
+# ------------------------------------------------------------------------------------------------
+# Floating-point operations (1 multiply-add = 2 FLOPs), counted from the equations.
+
+def step_macs(args):
+    """Multiply-adds of one recurrent step for ONE example, the static input drive excluded (it is
+    computed once per batch)."""
+    if args.C_tab:
+        conv_out, pooled = conv_geometry(args.C_tab, args.size_tab, args.Fconv, args.Fpool, bool(args.padding))
+        sizes = args.size_tab + [args.C_tab[0] * pooled[0] ** 2]
+        fc = sum(2 * sizes[i] * sizes[i + 1] for i in range(len(args.size_tab)))  # forward + feedback
+        convs = 0
+        for j in range(len(args.C_tab) - 2):  # every conv but the bottom one (its input x is static)
+            k = args.C_tab[j] * args.C_tab[j + 1] * args.Fconv ** 2 * conv_out[j] ** 2
+            convs += 2 * k  # forward conv + transposed-conv feedback with the same kernel
+        return fc + convs
+    d = args.size_tab
+    return sum(2 * d[n] * d[n + 1] for n in range(len(d) - 2))  # W_{n,n+1} used both ways
+
+
+def drive_macs(args):
+    if args.C_tab:
+        conv_out, _ = conv_geometry(args.C_tab, args.size_tab, args.Fconv, args.Fpool, bool(args.padding))
+        return args.C_tab[-2] * args.C_tab[-1] * args.Fconv ** 2 * conv_out[-1] ** 2
+    return args.size_tab[-2] * args.size_tab[-1]
+
+
+def n_weights(net):
+    return sum(m.weight.numel() for m in net.layers)
+
+
+def flops_ep(args, net):
+    """T + Kmax steps, one input drive, and the Hebbian update (two phases, B-row outer products)."""
+    return 2 * B * ((args.T + args.Kmax) * step_macs(args) + drive_macs(args) + 2 * n_weights(net))
+
+
+def flops_bptt(args, net):
+    """T steps forward (drive once), and the backward through the last Kmax steps (~2x forward:
+    gradients w.r.t. states and weights), the input drive's weight gradient once."""
+    return 2 * B * ((args.T + 2 * args.Kmax) * step_macs(args) + 2 * drive_macs(args))
+
+
+def flops_test(args):
+    return 2 * N_TEST * (args.T * step_macs(args) + drive_macs(args))
+
+
+# ------------------------------------------------------------------------------------------------
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def gemm_gflops(device, n=2048, repeats=10):
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    t = timed(lambda: a @ b, device, repeats, warmup=3)
+    return 2 * n ** 3 / t / 1e9
+
+
+def bench_setting(name, device, repeats, over=None, baseline=False, test_batch=1000):
+    args = make_args(name, over, -1 if device.type == "cpu" else device.index or 0)
+    torch.manual_seed(0)
+    net = build_net(args).to(device)
+    if baseline:  # the straightforward path: functional steps, drive recomputed every step
+        net.fast, net.cache_drive = False, False
+    shape = (B, 1, 28, 28) if args.C_tab else (B, 784)
+    x = torch.rand(*shape, device=device)
+    y = torch.zeros(B, 10, device=device)
+    y[torch.arange(B), torch.randint(10, (B,))] = 1
+    ep = timed(lambda: nf.ep_batch(net, x, y), device, repeats)
+    bptt = timed(lambda: nf.bptt_batch(net, x, y), device, repeats)
+    xt = torch.rand(test_batch, *shape[1:], device=device)
+    test = N_TEST // test_batch * timed(lambda: net.free_phase(xt), device, max(1, repeats // 3))
+    nb = N_TRAIN // B
+    fe, fb, ft = flops_ep(args, net), flops_bptt(args, net), flops_test(args)
+    return dict(setting=name, T=args.T, Kmax=args.Kmax, ep_ms=1e3 * ep, bptt_ms=1e3 * bptt, test_s=test,
+                ep_epoch_s=nb * ep + test, bptt_epoch_s=nb * bptt + test,
+                ep_gflop_per_batch=fe / 1e9, bptt_gflop_per_batch=fb / 1e9, test_gflop=ft / 1e9,
+                ep_gflops=fe / ep / 1e9, bptt_gflops=fb / bptt / 1e9, test_gflops=ft / test / 1e9,
+                ep_floor_ms=None, reduced=bool(over))
+
+
+def bench_plotcurves(device, T=500):
+    """One GDU computation (fig3-P-1h shape, T reduced): free phase + one backward + Kmax EP steps."""
+    args = make_args("P-1h", dict(T=T, Kmax=10, beta=0.01, activation_function="tanh"))
+    torch.manual_seed(0)
+    net = build_net(args).to(device)
+    x, y = torch.rand(B, 784, device=device), torch.zeros(B, 10, device=device)
+    y[:, 3] = 1
+    return dict(preset="fig3-P-1h", T=T, Kmax=10, seconds=timed(lambda: nf.compute_gdu(net, x, y), device, 3))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device-label", type=int, default=-1)
+    p.add_argument("--quick", action="store_true", help="reduced subset for CI smoke")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--settings", nargs="+", default=None, choices=sorted(SETTINGS))
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("--baseline", action="store_true",
+                   help="time the plain reference path (no fast stepper, drive recomputed each step): the 'before'")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    a = p.parse_args(argv)
+    if a.device_label >= 0 and not torch.cuda.is_available():
+        print("bench.py: error: --device-label: CUDA is not available", file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if a.device_label < 0 else f"cuda:{a.device_label}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    repeats = a.repeats or (2 if a.quick else 5)
+    todo = QUICK if a.quick else {k: None for k in (a.settings or SETTINGS)}
+    limit = gemm_gflops(device, 512 if a.quick else 2048, 3 if a.quick else 10)
+    rows = []
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"fp32 GEMM {limit:.0f} GFLOP/s", flush=True)
+    hdr = (f"{'setting':8} {'T':>5} {'K':>4} {'EP ms/b':>8} {'BPTT ms/b':>9} {'test s':>7} {'EP s/ep':>8} "
+           f"{'BPTT s/ep':>9} {'EP GF/s':>8} {'%lim':>5} {'BPTT GF/s':>9} {'%lim':>5}")
+    print(hdr, flush=True)
+    for name, over in todo.items():
+        r = bench_setting(name, device, repeats, over or None, a.baseline, 200 if a.quick else 1000)
+        r["ep_frac_limit"], r["bptt_frac_limit"] = r["ep_gflops"] / limit, r["bptt_gflops"] / limit
+        r["ep_floor_ms"] = 1e3 * r["ep_gflop_per_batch"] / limit
+        rows.append(r)
+        print(f"{name:8} {r['T']:5d} {r['Kmax']:4d} {r['ep_ms']:8.2f} {r['bptt_ms']:9.2f} {r['test_s']:7.2f} "
+              f"{r['ep_epoch_s']:8.1f} {r['bptt_epoch_s']:9.1f} {r['ep_gflops']:8.1f} "
+              f"{100 * r['ep_frac_limit']:4.1f}% {r['bptt_gflops']:9.1f} {100 * r['bptt_frac_limit']:4.1f}%",
+              flush=True)
+    pc = bench_plotcurves(device, T=100 if a.quick else 500)
+    print(f"plotcurves {pc['preset']} at T={pc['T']}: {pc['seconds']:.2f} s", flush=True)
+    out = dict(machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                            cpus=os.cpu_count(), python=platform.python_version()),
+               torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
+               device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+               quick=a.quick, baseline=a.baseline, repeats=repeats, gemm_gflops=limit, settings=rows, plotcurves=pc,
+               date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    with open(a.out + ".tmp", "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(a.out + ".tmp", a.out)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
