@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 SHARED  ?= ../shared/data/MNIST/raw
 
-.PHONY: setup data demo test test-all bench clean
+.PHONY: setup data demo test bench figures clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,3 +31,14 @@ bench: setup
 
 clean:
 	rm -rf results __pycache__ tests/__pycache__ .pytest_cache
+
+# The paper's GDU figures (issue: Figs. 2, 3, 4, 8-13, 16): each preset's PNGs and results.json
+# are copied into docs/figures/<preset>/.  SEED fixes the batch.
+FIGS ?= fig2-toy fig3-EB-1h fig3-EB-2h fig3-EB-3h fig3-P-1h fig3-P-2h fig3-P-3h fig4-conv \
+        fig8-EB-1h fig9-EB-2h fig10-EB-3h fig11-P-1h fig12-P-2h fig13-P-3h fig16-conv
+SEED ?= 1
+figures: data
+	@set -e; for f in $(FIGS); do \
+	  out=$$($(BIN)/python main.py --preset $$f --seed $(SEED) --results-dir results/figures | tee /dev/stderr | sed -n 's/^results in //p'); \
+	  mkdir -p docs/figures/$$f; cp $$out/*.png $$out/results.json $$out/hyperparameters.txt docs/figures/$$f/; \
+	done

@@ -361,11 +361,16 @@ def write_config(path, args, device):
     nf.write_json(Path(path) / "config.json", cfg)
 
 
+def preset_command(flags):
+    """The command line a preset stands for, with the flags' own spelling."""
+    opt = {a.dest: a.option_strings[0] for a in make_parser()._actions if a.option_strings}
+    return " ".join(opt[f] + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
+                    for f, v in flags.items())
+
+
 def list_presets():
     for k, (what, flags) in PRESETS.items():
-        opts = " ".join(f"--{f}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
-                        for f, v in flags.items())
-        print(f"{k:12s} {what:45s} {opts}")
+        print(f"{k:12s} {what:40s} {preset_command(flags)}")
 
 
 def main(argv=None):

@@ -332,24 +332,28 @@ def train_run(args, net, net_bptt, data, path, name, title, ck=None, log=print):
     runs = [(args.training_method, net, "")]
     if net_bptt is not None:
         runs.append(("BPTT", net_bptt, "_bptt"))
+
+    def key(k, sfx):  # the original's names: error_train_tab, error_train_bptt_tab, ...
+        return k.replace("_tab", sfx + "_tab")
+
     if ck is not None:
         results, start = ck["results"], ck["epoch"] + 1
     else:
         results = dict(action="train", model=name, title=title, method=args.training_method,
                        seed=args.seed, epochs_done=0, elapsed_time=0.0)
         for _, _, sfx in runs:
-            for key in ("error_train_tab", "error_test_tab", "loss_tab", "seconds_tab"):
-                results[key + sfx] = []
+            for k in ("error_train_tab", "error_test_tab", "loss_tab", "seconds_tab"):
+                results[key(k, sfx)] = []
     for epoch in range(start if ck is not None else 1, args.epochs + 1):
         for method, n, sfx in runs:
             err, loss, secs = train(n, Xtr, Ytr, method, args.batch_size, args.seed, epoch, args.quiet)
             t0 = time.perf_counter()
             test = evaluate(n, Xte, Yte, args.test_batch_size)
             ev = time.perf_counter() - t0
-            results["error_train_tab" + sfx].append(err)
-            results["error_test_tab" + sfx].append(test)
-            results["loss_tab" + sfx].append(loss)
-            results["seconds_tab" + sfx].append(secs + ev)
+            results[key("error_train_tab", sfx)].append(err)
+            results[key("error_test_tab", sfx)].append(test)
+            results[key("loss_tab", sfx)].append(loss)
+            results[key("seconds_tab", sfx)].append(secs + ev)
             results["elapsed_time"] += secs + ev
             label = method if not sfx else f"{method} (benchmark)" if method == runs[0][0] else method
             log(f"epoch {epoch}/{args.epochs} {label:>5}: train error {err:6.2f}%  test error {test:6.2f}%"
