@@ -127,17 +127,26 @@ def compute_NT_nS(net, x, y, K=None):
     loss, states, Ps = net.bptt_window(x, y, K, per_transition=True)
     ns, L = net.ns, net.n_weight_layers
     st = [states[K - k][n] for k in range(K) for n in range(ns)]  # states[K-k] = s(T-k)
+    s_extra = states[K][ns:]  # convEP's pooling indices of s(T)
     ws = [Ps[K - 1 - k][2 * l] for k in range(K) for l in range(L)]  # Ps[K-1-k] produced s(T-k)
-    grads = torch.autograd.grad(loss, st + ws, allow_unused=True)
-    gS, gW = grads[:len(st)], grads[len(st):]
+    grads = list(torch.autograd.grad(loss, st + ws, allow_unused=True))
+    del loss, states, Ps
 
-    def stack(gs, like, count, i):
-        return torch.stack([gs[k * count + i] if gs[k * count + i] is not None
-                            else torch.zeros_like(like[k * count + i]) for k in range(K)])
+    def collect(offset, count, i, like):
+        """Stack the K gradients of item i (zeros where unused), dropping each as it is copied:
+        peak memory stays at one copy of the per-transition gradients."""
+        out = torch.zeros(K, *like.shape, dtype=like.dtype, device=like.device)
+        for k in range(K):
+            j = offset + k * count + i
+            if grads[j] is not None:
+                out[k] = grads[j]
+            grads[j] = None
+        return out
 
-    nS = [stack(gS, st, ns, n).sum(1).detach() for n in range(ns)]  # sum over batch (L has 1/B)
-    NT = [stack(gW, ws, L, l).detach().cumsum(0) for l in range(L)]
-    return nS, NT, net.clone_state(states[-1])
+    nS = [collect(0, ns, n, st[n]).sum(1) for n in range(ns)]  # sum over batch (L carries 1/B)
+    NT = [collect(len(st), L, l, ws[l]).cumsum_(0) for l in range(L)]
+    s_T = [t.detach() for t in st[:ns]] + [t.detach() for t in s_extra]
+    return nS, NT, s_T
 
 
 def compute_dSDT(net, x, y, seq, beta=None, K=None):
