@@ -142,7 +142,8 @@ class EPNet(nn.Module):
 
     @torch.no_grad()
     def run_steps(self, s, ctx, steps, y=None, beta=0.0, record=None):
-        """`steps` synchronous steps from s (never modified).  record(k, s_k, s_k+1) after each.
+        """`steps` synchronous steps from s (never modified).  record(k, s_k, s_k+1) after each;
+        on the fast path s_k and s_k+1 are reused buffers: record must read them, not keep them.
         Uses the in-place stepper (two ping-pong buffers, no allocation per step) where the class
         has one and self.fast is on; the plain functional `step` otherwise (the reference)."""
         if self.fast and "fast" in ctx:

@@ -31,7 +31,7 @@ from matplotlib.image import imread  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
 RAW = DATA / "MNIST" / "raw"
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONHASHSEED="0")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
 ENV.pop("EP_DATA_DIR", None)
 TIMEOUT = 600  # per subprocess; a hung run fails instead of blocking CI
 WORKERS = 4
@@ -112,13 +112,15 @@ def snapshot(root):
     return {str(p.relative_to(root)) for p in Path(root).rglob("*")}
 
 
+HAVE_MNIST = all((RAW / n).is_file() or (RAW / (n + ".gz")).is_file()
+                 for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+
+
 @pytest.fixture(scope="module")
 def mnist_present():
     """The real MNIST must be there (the Makefile copies it): fail instead of downloading."""
-    have = all((RAW / n).is_file() or (RAW / (n + ".gz")).is_file()
-               for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
-    assert have, f"MNIST files missing in {RAW} (run `make data`)"
+    assert HAVE_MNIST, f"MNIST files missing in {RAW} (run `make data`)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,6 +266,31 @@ def _corrupt_config(tmp):
     return ["--resume", d]
 
 
+def import_main():
+    sys.path.insert(0, str(REPO))
+    try:
+        import main as cli
+    finally:
+        sys.path.remove(str(REPO))
+    return cli
+
+
+def _resume_folder(tmp, name, config, checkpoint=b""):
+    d = tmp / name
+    d.mkdir()
+    (d / "config.json").write_text(config)
+    (d / "checkpoint.pt").write_bytes(checkpoint)
+    return ["--resume", d]
+
+
+def _corrupt_checkpoint(tmp):
+    """A genuine config.json (as main.py writes it) next to a checkpoint.pt that is garbage."""
+    args = vars(import_main().parse_args([str(a) for a in BASE] + io_args(tmp / "results")))
+    args.pop("list_presets", None)
+    cfg = dict(args=args, seed=args["seed"], command="main.py")
+    return _resume_folder(tmp, "damaged", json.dumps(cfg), b"this is not a torch checkpoint\n")
+
+
 def _file(tmp, name="a_file"):
     f = tmp / name
     f.write_text("not a directory\n")
@@ -291,6 +318,8 @@ BAD = {
     "unknown-action": (lambda t: BASE + ["--action", "dance"], r"action"),
     "unknown-method": (lambda t: BASE + ["--training-method", "sgd"], r"training.method"),
     "unknown-preset": (lambda t: BASE + ["--preset", "P-9h"], r"preset"),
+    "unknown-flag": (lambda t: BASE + ["--learning-rate", 0.1], r"learning-rate|unrecognized"),
+    "T-not-an-integer": (lambda t: BASE + ["--T", "ten"], r"--T"),
     "conv-shrinks": (lambda t: BASE + ["--C_tab", 64, 32, 1, "--Fconv", 13, "--size_tab", 10,
                                        "--lr_tab", 0.1, 0.1, 0.1], r"C_tab|Fconv|Fpool|geometry|shrink"),
     "conv-channels-not-ending-in-1": (lambda t: BASE + ["--C_tab", 64, 32, "--size_tab", 10], r"C_tab"),
@@ -299,9 +328,16 @@ BAD = {
     "resume-not-a-result-folder": (lambda t: BASE + _not_a_result_folder(t), r"resume"),
     "resume-corrupt-config": (lambda t: BASE + _corrupt_config(t), r"resume|config"),
     "resume-foreign-config": (lambda t: BASE + _foreign_config(t), r"resume|config"),
+    "resume-config-not-an-object": (lambda t: BASE + _resume_folder(t, "list", "[]\n"), r"resume|config"),
+    "resume-plotcurves-folder": (lambda t: BASE + _resume_folder(t, "curves", '{"args": {"action": "plotcurves"}}'),
+                                 r"resume|train"),
+    "resume-corrupt-checkpoint": (lambda t: BASE + _corrupt_checkpoint(t), r"resume|checkpoint"),
     "device-label-0": (lambda t: BASE + ["--device-label", 0], r"device.label|CUDA"),
     "toymodel-train": (lambda t: TOY + ["--action", "train"], r"toymodel|train"),
 }
+
+
+NEEDS_MNIST = {"resume-corrupt-checkpoint"}  # its data is loaded before the checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +345,8 @@ def bad_runs(tmp_path_factory):
     """All bad-input commands, run concurrently once (each costs a torch import)."""
     cases = {}
     for cid, (make, _) in BAD.items():
+        if cid in NEEDS_MNIST and not HAVE_MNIST:
+            continue  # never let a test download into the repository's data folder
         scratch = tmp_path_factory.mktemp(cid)
         results = scratch / "results"
         argv = io_args(results) + [str(a) for a in make(scratch)]
@@ -319,8 +357,10 @@ def bad_runs(tmp_path_factory):
     return cases
 
 
-@pytest.mark.parametrize("cid", list(BAD))
+@pytest.mark.parametrize("cid", [pytest.param(c, marks=pytest.mark.mnist) if c in NEEDS_MNIST else c for c in BAD])
 def test_bad_input_exits_2_with_one_line(cid, bad_runs):
+    if cid in NEEDS_MNIST:
+        assert HAVE_MNIST, f"MNIST files missing in {RAW} (run `make data`)"
     if cid == "device-label-0":
         import torch
         if torch.cuda.is_available():
@@ -352,38 +392,46 @@ def _read_results(results_dir):
     return None
 
 
-@pytest.mark.mnist
-@pytest.mark.slow
-def test_kill_and_resume_equals_uninterrupted(tmp_path, mnist_present):
-    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+def kill_after_epoch(argv, results_dir, epoch, log, alongside=()):
+    """Start `main.py argv`, SIGKILL it as soon as results_dir's results.json says `epoch` epochs
+    are done; the commands in `alongside` run meanwhile and must succeed.  Returns (trial folder,
+    results.json at the kill)."""
     procs = []
     try:
-        with open(tmp_path / "ref.log", "w") as ref_log, open(tmp_path / "victim.log", "w") as victim_log:
-            ref = subprocess.Popen(main_cmd(*KILL, *io_args(ref_dir)), cwd=REPO, env=ENV,
-                                   stdout=ref_log, stderr=subprocess.STDOUT)
-            procs.append(ref)
-            victim = subprocess.Popen(main_cmd(*KILL, *io_args(kill_dir)), cwd=REPO, env=ENV,
-                                      stdout=victim_log, stderr=subprocess.STDOUT)
+        with open(log, "w") as out:
+            for other in alongside:
+                procs.append(subprocess.Popen(main_cmd(*other), cwd=REPO, env=ENV, stdout=out,
+                                              stderr=subprocess.STDOUT))
+            victim = subprocess.Popen(main_cmd(*argv), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
             procs.append(victim)
             deadline = time.monotonic() + TIMEOUT
             while True:
                 assert victim.poll() is None, \
-                    f"run ended (exit {victim.returncode}) before one epoch was seen: " \
-                    + (tmp_path / "victim.log").read_text()
-                got = _read_results(kill_dir)
-                if got and got[1].get("epochs_done", 0) >= 1:
+                    f"run ended (exit {victim.returncode}) before it could be killed after epoch {epoch}"
+                got = _read_results(results_dir)
+                if got and got[1].get("epochs_done", 0) >= epoch:
                     break
-                assert time.monotonic() < deadline, "no epoch finished in time"
+                assert time.monotonic() < deadline, f"epoch {epoch} did not finish in time"
                 time.sleep(0.02)
             victim.send_signal(signal.SIGKILL)
             assert victim.wait(60) == -signal.SIGKILL
-            assert ref.wait(TIMEOUT) == 0, (tmp_path / "ref.log").read_text()
+            for p in procs[:-1]:
+                assert p.wait(TIMEOUT) == 0, Path(log).read_text()
     finally:
         for p in procs:  # only on failure: never leave a run behind
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    trial, partial = _read_results(kill_dir)
+    return _read_results(results_dir)
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted(tmp_path, mnist_present):
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+    trial, partial = kill_after_epoch(KILL + io_args(kill_dir), kill_dir, 1, tmp_path / "ref.log",
+                                      alongside=[KILL + io_args(ref_dir)])
     assert 1 <= partial["epochs_done"] < 3, partial
     assert (trial / "checkpoint.pt").is_file()
 
@@ -395,6 +443,23 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, mnist_present):
     assert len(resumed["error_test_tab"]) == 3
     assert strip_timing(resumed) == strip_timing(full)
     assert not tmp_leftovers(kill_dir)
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_interrupted_extension_keeps_its_target(tmp_path, mnist_present):
+    """`--resume F --epochs 3` killed after epoch 2, then `--resume F`: the run goes on to epoch 3
+    (the extended target is not lost)."""
+    results = tmp_path / "results"
+    cmd = ["--preset", "P-1h", "--train-subset", 1000, "--test-subset", 100, "--seed", 6, "--quiet"]
+    ok(run_main(*cmd, "--epochs", 1, *io_args(results)))
+    trial = only_trial(results)
+    _, partial = kill_after_epoch(["--resume", trial, "--epochs", 3, "--quiet"], results, 2, tmp_path / "log")
+    assert partial["epochs_done"] == 2, partial
+    ok(run_main("--resume", trial, "--quiet"))
+    res = load(trial / "results.json")
+    assert res["epochs_done"] == 3, \
+        f"after the second --resume: {res['epochs_done']} epochs done, the extension asked for 3"
 
 
 @pytest.mark.mnist
@@ -474,11 +539,7 @@ def test_list_presets_shows_valid_flags():
     """The flags printed for a preset are real flags, with the preset's values: copying them gives
     the same configuration as --preset NAME."""
     p = ok(run_main("--list-presets", timeout=120))
-    sys.path.insert(0, str(REPO))
-    try:
-        import main as cli
-    finally:
-        sys.path.remove(str(REPO))
+    cli = import_main()
     for line in p.stdout.splitlines():
         if not line.strip():
             continue

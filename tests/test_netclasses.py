@@ -383,18 +383,21 @@ def test_free_and_nudged_phase_equal_step_loops(kind):
     assert loss.item() == pytest.approx(0.5 * ((s[0] - y) ** 2).sum().item() / x.shape[0], rel=1e-12)
 
 
-FAST_CASES = [(cls, act, clamp, dt) for cls in ("cont", "disc") for act in ("sigm", "hardsigm", "tanh")
-              for clamp in (True, False) for dt in (1.0, 0.3) if not (cls == "disc" and clamp)]
+FAST_CASES = [(cls, act, clamp, dt, (3, 5, 4, 6)) for cls in ("cont", "disc")
+              for act in ("sigm", "hardsigm", "tanh") for clamp in (True, False) for dt in (1.0, 0.3)
+              if not (cls == "disc" and clamp)]
+FAST_CASES += [("cont", "sigm", True, 0.5, (3, 5, 6)), ("disc", "tanh", False, 1.0, (3, 5, 6)),
+               ("cont", "tanh", False, 0.3, (3, 5, 4, 4, 6)), ("disc", "sigm", False, 0.5, (3, 5, 4, 4, 6))]
 
 
-@pytest.mark.parametrize("cls,act,clamp,dt", FAST_CASES)
-def test_fast_path_matches_reference(cls, act, clamp, dt):
+@pytest.mark.parametrize("cls,act,clamp,dt,sizes", FAST_CASES)
+def test_fast_path_matches_reference(cls, act, clamp, dt, sizes):
     """The in-place stepper and the fused EP update (net.fast) agree with the functional `step`
     and updateWeights(computeGradients(...)) to roundoff, for every activation, clamp and dt."""
     torch.manual_seed(0)
     C = nc.EPcont if cls == "cont" else nc.EPdisc
-    net = C([3, 5, 4, 6], T=30, Kmax=6, beta=0.3, dt=dt, lr_tab=[0.5, 0.4, 0.3], activation=act,
-            clamp=clamp).double()
+    net = C(list(sizes), T=30, Kmax=6, beta=0.3, dt=dt, lr_tab=[0.5, 0.4, 0.3, 0.2][:len(sizes) - 1],
+            activation=act, clamp=clamp).double()
     with torch.no_grad():  # larger weights: states move over the whole range of the activation
         for p in net.param_list():
             p.mul_(4.0)
@@ -521,17 +524,19 @@ def _conv_feedback(s_above, s_below, W, b, pad):
     return g
 
 
-@pytest.mark.parametrize("C_tab,padding", [([4, 2, 1], False), ([3, 2, 2, 1], True)])
-def test_conv_step_by_hand(C_tab, padding):
+@pytest.mark.parametrize("C_tab,padding,act", [([4, 2, 1], False, "hardsigm"), ([3, 2, 2, 1], True, "hardsigm"),
+                                              ([4, 2, 1], False, "tanh")])
+def test_conv_step_by_hand(C_tab, padding, act):
     torch.manual_seed(0)
     net = nc.convEP([10], C_tab, Fconv=5, Fpool=2, padding=padding, T=5, Kmax=2, beta=0.7,
-                    dt=0.3, lr_tab=[0.1] * len(C_tab), activation="hardsigm").double()
+                    dt=0.3, lr_tab=[0.1] * len(C_tab), activation=act).double()
     r, B, beta, pad = net.rho, 3, 0.7, 2 if padding else 0
     nconv = len(C_tab) - 1
     shapes = [(C_tab[j], p, p) for j, p in enumerate(net.pooled)]
     g = torch.Generator().manual_seed(5)
-    s0 = torch.rand(B, 10, generator=g, dtype=F64)
-    sc = [torch.rand(B, *sh, generator=g, dtype=F64) for sh in shapes]  # conv states, top first
+    # states partly outside [0, 1] (the nudge can push s_0 there): feedback must use s, not rho(s)
+    s0 = 2 * torch.rand(B, 10, generator=g, dtype=F64) - 0.5
+    sc = [2 * torch.rand(B, *sh, generator=g, dtype=F64) - 0.5 for sh in shapes]  # conv states, top first
     x, y = make_data(net, B=B, seed=6)
     Wfc, bfc = net.layers[0].weight.detach(), net.layers[0].bias.detach()
     Wc = [net.layers[1 + j].weight.detach() for j in range(nconv)]
@@ -557,9 +562,9 @@ def test_conv_step_by_hand(C_tab, padding):
         torch.testing.assert_close(o, e, rtol=1e-12, atol=1e-13)
     for e, o in zip(idx, got[1 + nconv:]):
         assert torch.equal(o, e)
-    # hardsigm actually clipped something, and the middle states are not trivial
-    assert any(((o == 0) | (o == 1)).any() for o in got[1:1 + nconv])
-    assert all(((o > 0) & (o < 1)).any() for o in got[1:1 + nconv])
+    if act == "hardsigm":  # hardsigm actually clipped something, and the states are not trivial
+        assert any(((o == 0) | (o == 1)).any() for o in got[1:1 + nconv])
+        assert all(((o > 0) & (o < 1)).any() for o in got[1:1 + nconv])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -841,6 +846,32 @@ def test_dSDT_definitions(kind):
     got = net.computeGradients(0.05, x, s, seq)
     for l in range(len(net.layers)):
         torch.testing.assert_close(got[2 * l], -DT[l][-1], rtol=1e-12, atol=1e-13)
+
+
+def test_dS_zeroed_where_the_clamp_hits():
+    """EPcont with clamping: a neuron update is reported as 0 where the new state sits at 0 or 1."""
+    net = make_net("cont", T=10, Kmax=3, beta=0.5, dt=0.5)
+    with torch.no_grad():
+        for p in net.param_list():
+            p.mul_(6.0)
+    x, y = make_data(net, B=4)
+    g = torch.Generator().manual_seed(11)
+    seq = [torch.rand(4, d, generator=g, dtype=F64) for d in net.size_tab[:-1]]  # not a fixed point
+    dS, _, _ = nf.compute_dSDT(net, x, y, net.clone_state(seq))
+    P, s, hits = net.param_list(), seq, 0
+    with torch.no_grad():
+        d = net.drive(x, P)
+        for k in range(3):
+            s_new = net.step(s, d, P, y, 0.5)
+            for n in range(net.ns):
+                inc = s_new[n] - s[n]
+                at = (s_new[n] == 0) | (s_new[n] == 1)
+                hits += int((at & (inc != 0)).sum())
+                ref = -torch.where(at, torch.zeros_like(inc), inc).sum(0) / (0.5 * 0.5 * 4)
+                if k >= n:
+                    torch.testing.assert_close(dS[n][k], ref, rtol=1e-9, atol=1e-11)
+            s = s_new
+    assert hits > 0  # some units moved onto the clamp during the nudged phase
 
 
 # ------------------------------------------------------------------------------------------------
