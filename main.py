@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -150,8 +151,6 @@ def net_kind(args):
 
 def validate(args):
     """Every check before any work: raise UsageError naming the flag and what is expected."""
-    from netClasses import conv_geometry
-
     kind = net_kind(args)
     for flag, v, lo in [("--T", args.T, 1), ("--Kmax", args.Kmax, 1), ("--batch-size", args.batch_size, 1),
                         ("--test-batch-size", args.test_batch_size, 1), ("--epochs", args.epochs, 1),
@@ -184,6 +183,7 @@ def validate(args):
             raise UsageError(f"--size_tab for the conv net lists the classifier layers, starting with 10 (got {args.size_tab})")
         if args.padding and args.Fconv % 2 == 0:
             raise UsageError(f"--padding needs an odd --Fconv for same padding (got {args.Fconv})")
+        from netClasses import conv_geometry
         try:
             conv_geometry(args.C_tab, args.size_tab, args.Fconv, args.Fpool, bool(args.padding))
         except ValueError as e:
@@ -214,31 +214,48 @@ def validate(args):
 # ------------------------------------------------------------------------------------------------
 
 def resolve_resume(args):
-    """--resume FOLDER: the run's own configuration, with --epochs (to extend) and --quiet from the
-    command line."""
+    """--resume FOLDER: the run's own configuration (over today's defaults), with --epochs (to
+    extend; the new target is saved) and --quiet from the command line.  The checkpoint is loaded
+    here, before any data, so a damaged folder is a one-line error.  Returns (args, checkpoint)."""
     folder = Path(args.resume)
-    cfg_path, ck = folder / "config.json", folder / "checkpoint.pt"
-    if not (cfg_path.is_file() and ck.is_file()):
+    cfg_path, ck_path = folder / "config.json", folder / "checkpoint.pt"
+    if not (cfg_path.is_file() and ck_path.is_file()):
         raise UsageError(f"--resume {args.resume}: not a result folder (needs config.json and checkpoint.pt)")
     try:
         cfg = json.loads(cfg_path.read_text())
         saved = cfg["args"]
-        if saved["action"] != "train":
-            raise UsageError(f"--resume {args.resume}: only train runs can be resumed")
-    except (ValueError, KeyError):
+        defaults = vars(make_parser().parse_args([]))
+        if not isinstance(saved, dict) or not set(defaults) <= set(saved):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, OSError):
         raise UsageError(f"--resume {args.resume}: config.json is not this program's")
-    new = argparse.Namespace(**saved)
-    if "epochs" in args.explicit:
+    if saved["action"] != "train":
+        raise UsageError(f"--resume {args.resume}: only train runs can be resumed")
+    import netFunctions as nf
+    try:
+        ck = nf.load_checkpoint(ck_path)
+        if not {"epoch", "net", "results"} <= set(ck):
+            raise KeyError
+    except Exception:
+        raise UsageError(f"--resume {args.resume}: checkpoint.pt is damaged or not this program's")
+    new = argparse.Namespace(**{**defaults, **saved})
+    if "epochs" in args.explicit and args.epochs != new.epochs:
         new.epochs = args.epochs
+        cfg["args"]["epochs"] = args.epochs  # an interrupted extension keeps its target
+        nf.write_json(cfg_path, cfg)
+        hp = folder / "hyperparameters.txt"
+        if hp.is_file():
+            nf.atomic_write_text(hp, re.sub(r"(?m)^- number of epochs: .*$", f"- number of epochs: {args.epochs}",
+                                            hp.read_text()))
     new.quiet, new.resume = args.quiet, str(folder)
-    return new
+    return new, ck
 
 
 def log_fn(args):
     return (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
 
 
-def run(args):
+def run(args, ck=None):
     import numpy as np
     import torch
 
@@ -263,10 +280,8 @@ def run(args):
         Xte, Yte = (nf.load_mnist(args.data_dir, False, args.test_subset, flat, device, log=chatter)
                     if args.action == "train" else (None, None))
 
-    ck = None
-    if args.resume:
+    if ck is not None:
         path, name = Path(args.resume), nf.model_name(args)
-        ck = nf.load_checkpoint(path / "checkpoint.pt")
     torch.manual_seed(args.seed)
     net = build_net(args).to(device)
     net_bptt = None
@@ -351,7 +366,7 @@ def write_config(path, args, device):
     import torch
     import torchvision
     import netFunctions as nf
-    cfg = dict(args={k: v for k, v in vars(args).items() if k not in ("list_presets",)},
+    cfg = dict(args=dict(vars(args)),
                seed=args.seed, command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                versions=dict(python=platform.python_version(), torch=torch.__version__,
                              torchvision=torchvision.__version__),
@@ -380,15 +395,16 @@ def main(argv=None):
         if args.list_presets:
             list_presets()
             return 0
+        ck = None
         if args.resume:
-            args = resolve_resume(args)
+            args, ck = resolve_resume(args)
         validate(args)
     except UsageError as e:
         print(f"main.py: error: {e}", file=sys.stderr)
         return 2
     import netFunctions as nf
     try:
-        return run(args)
+        return run(args, ck)
     except nf.DataError as e:
         print(f"main.py: error: {e}", file=sys.stderr)
         return 2
