@@ -39,6 +39,7 @@ FIGS ?= fig2-toy fig3-EB-1h fig3-EB-2h fig3-EB-3h fig3-P-1h fig3-P-2h fig3-P-3h 
 SEED ?= 1
 figures: data
 	@set -e; for f in $(FIGS); do \
-	  out=$$($(BIN)/python main.py --preset $$f --seed $(SEED) --results-dir results/figures | tee /dev/stderr | sed -n 's/^results in //p'); \
+	  log=$$($(BIN)/python main.py --preset $$f --seed $(SEED) --results-dir results/figures); echo "$$log"; \
+	  out=$$(echo "$$log" | sed -n 's/^results in //p'); \
 	  mkdir -p docs/figures/$$f; cp $$out/*.png $$out/results.json $$out/hyperparameters.txt docs/figures/$$f/; \
 	done

@@ -302,20 +302,7 @@ def run(args, ck=None):
     if args.action == "train":
         rc = nf.train_run(args, net, net_bptt, (Xtr, Ytr, Xte, Yte), path, name, title, ck, log)
     elif args.action == "plotcurves":
-        x, y = sample_batch(args, Xtr, Ytr, 0, device, net)
-        t0 = time.perf_counter()
-        nS, dS, NT, DT = nf.compute_gdu(net, x, y)
-        secs = time.perf_counter() - t0
-        nf.save_curves(path, nS, dS, NT, DT)
-        metrics = nf.plotFunctions.gdu_metrics([t.cpu().numpy() for t in nS], [t.cpu().numpy() for t in dS],
-                                              [t.cpu().numpy() for t in NT], [t.cpu().numpy() for t in DT],
-                                              net.neuron_names, net.synapse_names)
-        nf.write_json(path / "results.json", dict(
-            action="plotcurves", model=name, title=title, toymodel=bool(args.toymodel), conv=bool(args.C_tab),
-            T=args.T, Kmax=args.Kmax, beta=args.beta, batch_size=args.batch_size, seed=args.seed,
-            neuron_names=net.neuron_names, synapse_names=net.synapse_names, metrics=metrics, seconds=secs))
-        print_metrics(metrics, log)
-        log(f"plotcurves: {secs:.1f} s")
+        plotcurves(args, net, Xtr, Ytr, device, path, name, title, log)
         rc = 0
     else:
         batches = (sample_batch(args, Xtr, Ytr, t, device, net) for t in range(args.trials))
@@ -330,6 +317,24 @@ def run(args, ck=None):
     except Exception as e:  # a figure problem must not hide the numbers already saved
         log(f"warning: figures not rendered ({e})")
     return rc
+
+
+def plotcurves(args, net, X, Y, device, path, name, title, log):
+    """The GDU processes of one random batch: curves.npz, metrics in results.json.  A function of
+    its own so that the (large, for EB-3h) tensors are freed before the figures are rendered."""
+    import netFunctions as nf
+    x, y = sample_batch(args, X, Y, 0, device, net)
+    t0 = time.perf_counter()
+    curves = [[t.cpu().numpy() for t in c] for c in nf.compute_gdu(net, x, y)]
+    secs = time.perf_counter() - t0
+    nf.save_curves(path, *curves)
+    metrics = nf.plotFunctions.gdu_metrics(*curves, net.neuron_names, net.synapse_names)
+    nf.write_json(path / "results.json", dict(
+        action="plotcurves", model=name, title=title, toymodel=bool(args.toymodel), conv=bool(args.C_tab),
+        T=args.T, Kmax=args.Kmax, beta=args.beta, batch_size=args.batch_size, seed=args.seed,
+        neuron_names=net.neuron_names, synapse_names=net.synapse_names, metrics=metrics, seconds=secs))
+    print_metrics(metrics, log)
+    log(f"plotcurves: {secs:.1f} s")
 
 
 def sample_batch(args, X, Y, trial, device, net):

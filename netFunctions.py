@@ -319,14 +319,16 @@ def set_seed(seed):
 
 
 def save_curves(path, nS, dS, NT, DT):
-    """curves.npz: nS_n, dS_n, NT_l, DT_l as float arrays (no pickle)."""
+    """curves.npz: nS_n, dS_n, NT_l, DT_l as float arrays (no pickle); numpy arrays or tensors."""
+    def np_(t):
+        return t.cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
     arrs = {}
     for n, (a, b) in enumerate(zip(nS, dS)):
-        arrs[f"nS_{n}"], arrs[f"dS_{n}"] = a.cpu().numpy(), b.cpu().numpy()
+        arrs[f"nS_{n}"], arrs[f"dS_{n}"] = np_(a), np_(b)
     for l, (a, b) in enumerate(zip(NT, DT)):
-        arrs[f"NT_{l}"], arrs[f"DT_{l}"] = a.cpu().numpy(), b.cpu().numpy()
+        arrs[f"NT_{l}"], arrs[f"DT_{l}"] = np_(a), np_(b)
     tmp = Path(path) / "curves.tmp.npz"
-    np.savez_compressed(tmp, **arrs)
+    np.savez(tmp, **arrs)  # uncompressed: gradients barely compress, and EB-3h holds ~1.5 GB
     os.replace(tmp, Path(path) / "curves.npz")
 
 
