@@ -357,7 +357,12 @@ def train_run(args, net, net_bptt, data, path, name, title, ck=None, log=print):
                 results[key(k, sfx)] = []
     for epoch in range(start if ck is not None else 1, args.epochs + 1):
         for method, n, sfx in runs:
-            err, loss, secs = train(n, Xtr, Ytr, method, args.batch_size, args.seed, epoch, args.quiet)
+            try:
+                err, loss, secs = train(n, Xtr, Ytr, method, args.batch_size, args.seed, epoch, args.quiet)
+            except Divergence as e:  # keep every finished (epoch, method) and say what happened
+                results["diverged"] = str(e)
+                write_json(Path(path) / "results.json", results)
+                raise
             t0 = time.perf_counter()
             test = evaluate(n, Xte, Yte, args.test_batch_size)
             ev = time.perf_counter() - t0

@@ -662,3 +662,21 @@ def test_receipe(kind, gdu_runs):
         assert len(vals) == len(names), (stat, vals)
         assert all(0 <= v <= 100 for v in vals), (stat, vals)
     decodable_png(folder / "receipe.png")
+
+
+@pytest.mark.mnist
+def test_divergence_stops_with_one_line_and_keeps_finished_epochs(tmp_path, mnist_present):
+    """A NaN state stops the run: exit 3, one line naming epoch, batch and method; the finished
+    (epoch, method) results stay in results.json."""
+    rd = tmp_path / "res"
+    proc = run_main("--size_tab", "10", "64", "784", "--lr_tab", "1e3", "1e3", "--no-clamp",
+                    "--activation-function", "tanh", "--dt", "0.5", "--T", "20", "--Kmax", "5", "--beta", "0.5",
+                    "--train-subset", "500", "--test-subset", "100", "--seed", "1", "--epochs", "2",
+                    "--benchmark", "--quiet", *io_args(rd))
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "epoch 1" in lines[0] and "batch" in lines[0] and "BPTT" in lines[0]
+    res = load(only_trial(rd, "ep_cont_1hidden") / "results.json")
+    assert res["diverged"] == lines[0].split("main.py: ")[1]
+    assert len(res["error_test_tab"]) == 1 and res["error_test_bptt_tab"] == []
