@@ -95,12 +95,37 @@ def cosine(a, b):
     return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
 
 
+class _Increments:
+    """The true instantaneous increments of a cumulated process X (X[0], X[1]-X[0], ...), made one
+    at a time: EB-3h's full increment arrays would double the memory."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, k):
+        return self.X[k] - self.X[k - 1] if k else self.X[0]
+
+
+def step_cosines(a_steps, b_steps, rel=1e-6):
+    """Mean over steps k of cosine(a_k, b_k), skipping the steps where neither process carries
+    signal (norm below rel x the largest norm over steps).  Why: in layered nets many steps are
+    exactly zero for BPTT (a layer cannot reach the output yet, or the bipartite parity of the
+    prototypical dynamics) while EP leaves round-off there; a cosine of noise against an exact zero
+    would count as 0 and say nothing about the GDU property.  Returns 1.0 if no step has signal."""
+    na = np.array([np.linalg.norm(np.asarray(x, dtype=np.float64)) for x in a_steps])
+    nb = np.array([np.linalg.norm(np.asarray(y, dtype=np.float64)) for y in b_steps])
+    top = max(na.max(initial=0.0), nb.max(initial=0.0))
+    keep = [k for k in range(len(na)) if max(na[k], nb[k]) > rel * top]
+    return float(np.mean([cosine(a_steps[k], b_steps[k]) for k in keep])) if keep else 1.0
+
+
 def cosine_total_and_steps(a_inst, b_inst):
-    """(cosine of the summed processes, mean over k of the per-step cosines)."""
+    """(cosine of the summed processes, mean over the steps with signal of the per-step cosines)."""
     a_inst, b_inst = np.asarray(a_inst), np.asarray(b_inst)
-    total = cosine(a_inst.sum(0), b_inst.sum(0))
-    steps = float(np.mean([cosine(x, y) for x, y in zip(a_inst, b_inst)]))
-    return total, steps
+    return cosine(a_inst.sum(0), b_inst.sum(0)), step_cosines(a_inst, b_inst)
 
 
 def sign_agreement(a, b):
@@ -130,9 +155,9 @@ def gdu_metrics(nS, dS, NT, DT, neuron_names, synapse_names):
     for name, A, B in zip(synapse_names, NT, DT):
         same, zero = sign_agreement(A[-1], B[-1])
         # per-step cosines on the true increments (zero_first=False), one step at a time
-        steps = [cosine(A[k] - (A[k - 1] if k else 0), B[k] - (B[k - 1] if k else 0)) for k in range(len(A))]
         out["synapses"][name] = {"rmse": rmse_layer(A, B), "cos_total": cosine(A[-1], B[-1]),
-                                 "cos_steps": float(np.mean(steps)), "sign_agree": same + zero}
+                                 "cos_steps": step_cosines(_Increments(A), _Increments(B)),
+                                 "sign_agree": same + zero}
     return out
 
 

@@ -193,3 +193,17 @@ def test_errors_exit_2(tmp_path, bad):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("plotFunctions: error:")
     assert "Traceback" not in r.stderr
+
+
+def test_step_cosines_skip_steps_without_signal():
+    """A step where BPTT is exactly zero and EP leaves round-off carries no signal: skipped, not 0."""
+    a = np.array([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    b = np.array([[1.0, 2.0], [1e-12, -1e-12], [-3.0, 1.0]])
+    assert pf.step_cosines(a, b) == pytest.approx(0.0)  # (1 + (-1)) / 2, the middle step skipped
+    assert pf.step_cosines(np.zeros((3, 2)), np.zeros((3, 2))) == 1.0
+    # a real disagreement is kept: EP silent where BPTT is not
+    assert pf.step_cosines(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 0.0], [1.0, 1.0]])) == pytest.approx(0.5)
+    # increments of a cumulated process, made lazily
+    X = np.cumsum(np.arange(6.0).reshape(3, 2), 0)
+    inc = pf._Increments(X)
+    assert len(inc) == 3 and np.allclose([inc[k] for k in range(3)], np.arange(6.0).reshape(3, 2))
