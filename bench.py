@@ -152,6 +152,36 @@ def bench_setting(name, device, repeats, over=None, baseline=False, test_batch=1
                 ep_floor_ms=None, reduced=bool(over))
 
 
+LEVERS = [  # (label, net.cache_drive, net.fast, threads) applied cumulatively, then one-thread
+    ("plain step, input drive recomputed every step (the original's structure)", False, False, None),
+    ("+ static input drive once per batch", True, False, None),
+    ("+ in-place pre-scaled stepper, ping-pong buffers, fused EP update", True, True, None),
+    ("same, one thread instead of two", True, True, 1),
+]
+
+
+def bench_levers(device, names=("P-1h", "P-2h"), repeats=7):
+    """EP ms/batch of each lever, measured in the same process one after the other."""
+    rows = []
+    threads = torch.get_num_threads()
+    for label, cache, fast, th in LEVERS:
+        row = {"lever": label}
+        for name in names:
+            args = make_args(name)
+            torch.manual_seed(0)
+            net = build_net(args).to(device)
+            net.cache_drive, net.fast = cache, fast
+            x = torch.rand(B, 784, device=device)
+            y = torch.zeros(B, 10, device=device)
+            y[:, 3] = 1
+            torch.set_num_threads(th or threads)
+            row[name] = 1e3 * timed(lambda: nf.ep_batch(net, x, y), device, repeats)
+            torch.set_num_threads(threads)
+        rows.append(row)
+        print(f"{label:75s} " + "  ".join(f"{n} {row[n]:7.2f} ms" for n in names), flush=True)
+    return rows
+
+
 def bench_plotcurves(device, T=500):
     """One GDU computation (fig3-P-1h shape, T reduced): free phase + one backward + Kmax EP steps."""
     args = make_args("P-1h", dict(T=T, Kmax=10, beta=0.01, activation_function="tanh"))
@@ -172,6 +202,7 @@ def main(argv=None):
     p.add_argument("--baseline", action="store_true",
                    help="time the plain reference path (no fast stepper, drive recomputed each step): the 'before'")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--levers", action="store_true", help="only the levers table (P-1h, P-2h EP)")
     a = p.parse_args(argv)
     if a.device_label >= 0 and not torch.cuda.is_available():
         print("bench.py: error: --device-label: CUDA is not available", file=sys.stderr)
@@ -180,6 +211,12 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     repeats = a.repeats or (2 if a.quick else 5)
+    if a.levers:
+        rows = bench_levers(device)
+        with open(a.out + ".tmp", "w") as f:
+            json.dump(dict(torch=torch.__version__, threads=torch.get_num_threads(), levers=rows), f, indent=1)
+        os.replace(a.out + ".tmp", a.out)
+        return 0
     todo = QUICK if a.quick else {k: None for k in (a.settings or SETTINGS)}
     limit = gemm_gflops(device, 512 if a.quick else 2048, 3 if a.quick else 10)
     small = gemm_small_gflops(device)

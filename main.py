@@ -256,32 +256,27 @@ def log_fn(args):
 
 
 def run(args, ck=None):
-    import numpy as np
+    """Data, nets, result folder, then the action; figures rendered at the end of every action."""
     import torch
 
     import netFunctions as nf
     from netClasses import build_net
 
-    log = print  # summary lines always print; --quiet only silences the progress bar and chatter
+    log = print  # summary lines always print; --quiet silences the progress bar and the chatter
     chatter = log_fn(args)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**31)
     nf.set_seed(args.seed)
     device = torch.device("cpu" if args.device_label < 0 else f"cuda:{args.device_label}")
-    kind = net_kind(args)
 
-    # data (before any folder is created: a data problem writes nothing)
-    if kind == "toy":
-        g = torch.Generator().manual_seed(args.seed)
-        Xtr = Ytr = None
-    else:
-        flat = kind == "fc"
+    # data before any folder is created: a data problem writes nothing
+    Xtr = Ytr = Xte = Yte = None
+    if not args.toymodel:
+        flat = not args.C_tab
         Xtr, Ytr = nf.load_mnist(args.data_dir, True, args.train_subset, flat, device, log=chatter)
-        Xte, Yte = (nf.load_mnist(args.data_dir, False, args.test_subset, flat, device, log=chatter)
-                    if args.action == "train" else (None, None))
+        if args.action == "train":
+            Xte, Yte = nf.load_mnist(args.data_dir, False, args.test_subset, flat, device, log=chatter)
 
-    if ck is not None:
-        path, name = Path(args.resume), nf.model_name(args)
     torch.manual_seed(args.seed)
     net = build_net(args).to(device)
     net_bptt = None
@@ -289,6 +284,7 @@ def run(args, ck=None):
         net_bptt = build_net(args).to(device)
         net_bptt.load_state_dict(net.state_dict())  # identical initial weights
     if ck is not None:
+        path, name = Path(args.resume), nf.model_name(args)
         net.load_state_dict(ck["net"])
         if net_bptt is not None:
             net_bptt.load_state_dict(ck["net_bptt"])
@@ -300,23 +296,21 @@ def run(args, ck=None):
     title = describe(args, net)
 
     if args.action == "train":
-        rc = nf.train_run(args, net, net_bptt, (Xtr, Ytr, Xte, Yte), path, name, title, ck, log)
+        nf.train_run(args, net, net_bptt, (Xtr, Ytr, Xte, Yte), path, name, title, ck, log)
     elif args.action == "plotcurves":
         plotcurves(args, net, Xtr, Ytr, device, path, name, title, log)
-        rc = 0
     else:
         batches = (sample_batch(args, Xtr, Ytr, t, device, net) for t in range(args.trials))
         res = nf.receipe(net, batches, log=log)
         res.update(action="receipe", model=name, title=title, seed=args.seed)
         nf.write_json(path / "receipe.json", res)
         nf.write_json(path / "results.json", res)
-        rc = 0
     try:
         written = nf.plotFunctions.render(path)
         chatter("figures: " + ", ".join(str(Path(w).name) for w in written))
     except Exception as e:  # a figure problem must not hide the numbers already saved
         log(f"warning: figures not rendered ({e})")
-    return rc
+    return 0
 
 
 def plotcurves(args, net, X, Y, device, path, name, title, log):
@@ -419,6 +413,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("main.py: interrupted; resume with --resume <trial folder>", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `python main.py ... | head`: stop quietly, results are already on disk
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

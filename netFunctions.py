@@ -379,7 +379,7 @@ def train_run(args, net, net_bptt, data, path, name, title, ck=None, log=print):
             epoch=epoch, net=net.state_dict(), net_bptt=None if net_bptt is None else net_bptt.state_dict(),
             results=results, rng=rng_states()))
         write_json(Path(path) / "results.json", results)
-    return 0
+    return results
 
 
 # ================================================================================================
