@@ -355,10 +355,11 @@ def describe(args, net):
 
 
 def print_metrics(metrics, log):
-    log(f"{'layer':>10} {'RMSE':>8} {'cos(total)':>11} {'cos(steps)':>11} {'sign agree':>11}")
+    log(f"{'layer':>10} {'RMSE':>8} {'cos(total)':>11} {'cos(process)':>13} {'cos(steps)':>11} {'sign agree':>11}")
     for group in ("neurons", "synapses"):
         for n, m in metrics[group].items():
-            log(f"{n:>10} {m['rmse']:8.3f} {m['cos_total']:11.3f} {m['cos_steps']:11.3f} {m['sign_agree']:10.1f}%")
+            log(f"{n:>10} {m['rmse']:8.3f} {m['cos_total']:11.3f} {m['cos_process']:13.3f} {m['cos_steps']:11.3f}"
+                f" {m['sign_agree']:10.1f}%")
 
 
 def write_config(path, args, device):

@@ -122,6 +122,21 @@ def step_cosines(a_steps, b_steps, rel=1e-6):
     return float(np.mean([cosine(a_steps[k], b_steps[k]) for k in keep])) if keep else 1.0
 
 
+def process_cosine(a_steps, b_steps):
+    """Cosine of the whole instantaneous processes (all steps and components at once): each step
+    weighs by its size, unlike the mean of per-step cosines."""
+    dot = na = nb = 0.0
+    for k in range(len(a_steps)):
+        x = np.asarray(a_steps[k], dtype=np.float64).ravel()
+        y = np.asarray(b_steps[k], dtype=np.float64).ravel()
+        dot, na, nb = dot + x @ y, na + x @ x, nb + y @ y
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.clip(dot / np.sqrt(na * nb), -1.0, 1.0))
+
+
 def cosine_total_and_steps(a_inst, b_inst):
     """(cosine of the summed processes, mean over the steps with signal of the per-step cosines)."""
     a_inst, b_inst = np.asarray(a_inst), np.asarray(b_inst)
@@ -150,13 +165,14 @@ def gdu_metrics(nS, dS, NT, DT, neuron_names, synapse_names):
     for name, a, b in zip(neuron_names, nS, dS):
         tot, steps = cosine_total_and_steps(a, b)
         same, zero = sign_agreement(np.sum(a, 0), np.sum(b, 0))
-        out["neurons"][name] = {"rmse": rmse_layer(a, b), "cos_total": tot,
-                                "cos_steps": steps, "sign_agree": same + zero}
+        out["neurons"][name] = {"rmse": rmse_layer(a, b), "cos_total": tot, "cos_steps": steps,
+                                "cos_process": process_cosine(a, b), "sign_agree": same + zero}
     for name, A, B in zip(synapse_names, NT, DT):
         same, zero = sign_agreement(A[-1], B[-1])
         # per-step cosines on the true increments (zero_first=False), one step at a time
         out["synapses"][name] = {"rmse": rmse_layer(A, B), "cos_total": cosine(A[-1], B[-1]),
                                  "cos_steps": step_cosines(_Increments(A), _Increments(B)),
+                                 "cos_process": process_cosine(_Increments(A), _Increments(B)),
                                  "sign_agree": same + zero}
     return out
 

@@ -207,3 +207,11 @@ def test_step_cosines_skip_steps_without_signal():
     X = np.cumsum(np.arange(6.0).reshape(3, 2), 0)
     inc = pf._Increments(X)
     assert len(inc) == 3 and np.allclose([inc[k] for k in range(3)], np.arange(6.0).reshape(3, 2))
+
+
+def test_process_cosine_weighs_steps_by_size():
+    a = np.array([[1.0, 0.0], [0.0, 0.0]])
+    b = np.array([[1.0, 0.0], [0.0, 0.01]])
+    assert pf.process_cosine(a, b) == pytest.approx(1.0 / np.sqrt(1.0001))
+    assert pf.step_cosines(a, b) == pytest.approx(0.5)  # the tiny EP-only step counts fully here
+    assert pf.process_cosine(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
