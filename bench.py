@@ -160,23 +160,34 @@ LEVERS = [  # (label, net.cache_drive, net.fast, threads) applied cumulatively, 
 ]
 
 
-def bench_levers(device, names=("P-1h", "P-2h"), repeats=7):
-    """EP ms/batch of each lever, measured in the same process one after the other."""
-    rows = []
+def bench_levers(device, names=("P-1h", "P-2h"), rounds=15):
+    """EP ms/batch of each lever.  The levers are timed interleaved, one batch each per round, and
+    the median over rounds is reported: on a shared VM the speed drifts, and interleaving makes the
+    comparison fair."""
     threads = torch.get_num_threads()
-    for label, cache, fast, th in LEVERS:
-        row = {"lever": label}
-        for name in names:
-            args = make_args(name)
+    nets, data = {}, {}
+    for name in names:
+        args = make_args(name)
+        for i, (_, cache, fast, _) in enumerate(LEVERS):
             torch.manual_seed(0)
             net = build_net(args).to(device)
             net.cache_drive, net.fast = cache, fast
-            x = torch.rand(B, 784, device=device)
-            y = torch.zeros(B, 10, device=device)
-            y[:, 3] = 1
-            torch.set_num_threads(th or threads)
-            row[name] = 1e3 * timed(lambda: nf.ep_batch(net, x, y), device, repeats)
-            torch.set_num_threads(threads)
+            nets[name, i] = net
+        y = torch.zeros(B, 10, device=device)
+        y[:, 3] = 1
+        data[name] = (torch.rand(B, 784, device=device), y)
+    times = {key: [] for key in nets}
+    for r in range(rounds + 1):
+        for (name, i), net in nets.items():
+            torch.set_num_threads(LEVERS[i][3] or threads)
+            x, y = data[name]
+            t = timed(lambda: nf.ep_batch(net, x, y), device, 1, warmup=0)
+            if r:  # round 0 is the warm-up
+                times[name, i].append(t)
+    torch.set_num_threads(threads)
+    rows = []
+    for i, (label, *_rest) in enumerate(LEVERS):
+        row = {"lever": label, **{name: 1e3 * statistics.median(times[name, i]) for name in names}}
         rows.append(row)
         print(f"{label:75s} " + "  ".join(f"{n} {row[n]:7.2f} ms" for n in names), flush=True)
     return rows

@@ -134,10 +134,12 @@ class EPNet(nn.Module):
         changes, so its projection is computed once, not at every step).  Classes with an in-place
         stepper (`fast_step`) add their pre-scaled copies and scratch buffers (`fast_context`)."""
         P = self.param_list() if P is None else P
-        ctx = {"P": P, "x": x, "d": self.drive(x, P) if d is None else d}
+        ctx = {"P": P, "x": x}
         if self.fast and self.cache_drive and hasattr(self, "fast_step"):
             with torch.no_grad():
-                ctx.update(self.fast_context(x, P))
+                ctx.update(self.fast_context(x, P))  # carries its own (pre-scaled) drive
+        else:
+            ctx["d"] = self.drive(x, P) if d is None else d
         return ctx
 
     @torch.no_grad()
@@ -365,6 +367,55 @@ class EPdisc(_LayeredFC):
 
     def settle(self, s_n, h, n):
         return -s_n + self.rho(h)
+
+    @torch.no_grad()
+    def bptt_grads(self, x, y, K=None):
+        """Truncated BPTT through the last K transitions by a hand-written adjoint: the same
+        gradients as autograd through `step` (a test holds them to round-off), but the weight
+        gradients of all K transitions come out of ONE GEMM per weight on the stacked steps
+        instead of K small ones.  Returns (loss, s_0(T), grads aligned with P)."""
+        K = self.Kmax if K is None else K
+        P, N, dt, B = self.param_list(), self.ns, self.dt, x.shape[0]
+        s = self.free_phase(x, T=self.T - K, P=P)
+        dx, Wt = self.drive(x, P)
+        S = [[t] for t in s[:N]]  # S[n][t] = s_n at window step t = 0..K
+        H = [[] for _ in range(N)]  # H[n][t] = pre-activation of layer n in transition t
+        for t in range(K):
+            for n in range(N):
+                h = dx if n == N - 1 else torch.addmm(P[2 * n + 1], S[n + 1][t], Wt[n])
+                if n > 0:
+                    h = torch.addmm(h, S[n - 1][t], P[2 * n - 2])
+                H[n].append(h)
+            for n in range(N):
+                r = self.rho(H[n][t])
+                S[n].append(r if dt == 1.0 else (1.0 - dt) * S[n][t] + dt * r)
+        loss = 0.5 * ((S[0][K] - y) ** 2).sum() / B
+        lam = [torch.zeros_like(S[n][K]) for n in range(N)]  # dL/ds(t+1)
+        lam[0] = (S[0][K] - y) / B
+        G = [[None] * K for _ in range(N)]  # dL/dh_n in transition t
+        for t in reversed(range(K)):
+            for n in range(N):
+                r = S[n][t + 1] if dt == 1.0 else self.rho(H[n][t])
+                G[n][t] = dt * lam[n] * self.act.rhop_into(H[n][t], r, torch.empty_like(r))
+            new = []
+            for n in range(N):
+                l = (1.0 - dt) * lam[n]
+                if n > 0:  # h_{n-1} = s_n W_{n-1}^T + ...
+                    l = torch.addmm(l, G[n - 1][t], P[2 * n - 2])
+                if n < N - 1:  # h_{n+1} = ... + s_n W_n
+                    l = torch.addmm(l, G[n + 1][t], Wt[n])
+                new.append(l)
+            lam = new
+        Gc = [torch.cat(G[n]) for n in range(N)]
+        Sc = [torch.cat(S[n][:K]) for n in range(N)]
+        grads = []
+        for n in range(N):
+            if n < N - 1:
+                dW = torch.addmm(Gc[n].t() @ Sc[n + 1], Sc[n].t(), Gc[n + 1])
+            else:  # the static input: sum the K steps first, then one product with x
+                dW = sum(G[n]).t() @ x
+            grads += [dW, Gc[n].sum(0)]
+        return loss, S[0][K], grads
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1013,3 +1013,23 @@ def test_float32_smoke(kind):
     assert any(not torch.equal(m, p.detach()) for m, p in zip(mid, net.param_list()))
     nS, dS, NT, DT = nf.compute_gdu(net, x, y)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in nS + dS + NT + DT)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigm", "hardsigm"])
+@pytest.mark.parametrize("dt", [1.0, 0.5])
+@pytest.mark.parametrize("sizes", [[10, 30, 16], [10, 20, 30, 25, 16]])
+def test_epdisc_adjoint_equals_autograd(act, dt, sizes):
+    """EPdisc's hand-written BPTT adjoint (used for BPTT training) gives autograd's truncated-BPTT
+    loss, final output and gradients through `step`, to round-off (float64)."""
+    torch.manual_seed(1)
+    for K in (1, 4):
+        net = nc.EPdisc(sizes, T=12, Kmax=K, beta=0.1, dt=dt, lr_tab=None, activation=act).double()
+        x = torch.rand(5, 16, dtype=torch.float64)
+        y = torch.eye(10, dtype=torch.float64)[torch.arange(5) % 10]
+        loss, states, _ = net.bptt_window(x, y)
+        ref = torch.autograd.grad(loss, net.param_list(), allow_unused=True, materialize_grads=True)
+        loss2, s0, got = net.bptt_grads(x, y)
+        assert float(loss2) == pytest.approx(float(loss.detach()), rel=1e-12)
+        assert torch.allclose(s0, states[-1][0].detach(), rtol=0, atol=1e-13)
+        for a, b in zip(ref, got):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
