@@ -42,6 +42,9 @@ PRESETS = {
                                      epochs=50, T=400, Kmax=40, beta=0.5, dt=0.2, benchmark=True)),
     "P-1h": ("Table 1, P-1h", dict(action="train", discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08],
                                    epochs=30, T=40, Kmax=15, beta=0.1, benchmark=True)),
+    "P-1h-T30K10": ("Table 1, P-1h with T 30, K 10 (spec 8.3)", dict(
+        action="train", discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08], epochs=30, T=30, Kmax=10,
+        beta=0.1, benchmark=True)),
     "P-2h": ("Table 1, P-2h", dict(action="train", discrete=True, size_tab=[10, 512, 512, 784],
                                    lr_tab=[0.005, 0.05, 0.2], epochs=50, T=100, Kmax=20, beta=0.5, benchmark=True)),
     "P-3h": ("Table 1, P-3h", dict(action="train", discrete=True, size_tab=[10, 512, 512, 512, 784],

@@ -278,7 +278,7 @@ def createHyperparameterfile(path, name, args):
              f"- batch size: {args.batch_size}", f"- activation function: {args.activation_function}"]
     if args.action == "train":
         lines += [f"- number of epochs: {args.epochs}", f"- learning rates: {args.lr_tab}"]
-    if not args.discrete:
+    if not args.discrete or args.dt != 1.0:  # an explicit --dt with --discrete is recorded too
         lines.append(f"- dt: {args.dt:.3f}")
     if args.C_tab:
         lines += [f"- channel sizes: {args.C_tab}", f"- classifier sizes: {args.size_tab}",
