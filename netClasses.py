@@ -93,6 +93,7 @@ class EPNet(nn.Module):
     """
 
     prototypical = False
+    layered = True  # output, hidden..., input in a chain: layer n cannot feel the nudge before step n
     fast = True  # use the in-place stepper and fused update in no-grad phases where the class has one
     cache_drive = True  # False recomputes the static input drive at every step (the original's cost; bench only)
 
@@ -427,6 +428,8 @@ class toyEPcont(EPNet):
         E = 1/2 sum ||s||^2 - rho(s_0)^T A rho(s_1) - rho(s_0)^T C rho(x) - rho(s_1)^T D rho(x)
             - (a + c)^T rho(s_0) - e^T rho(s_1),
     so the GDU theorem applies exactly as beta -> 0."""
+
+    layered = False  # the input feeds both layers
 
     def __init__(self, size_tab, **kw):
         super().__init__(**kw)

@@ -115,10 +115,6 @@ def evaluate(net, X, Y, batch_size=1000):
 # ================================================================================================
 # GDU processes (spec 4.5, 5.3-5.6)
 
-def _layered(net):
-    return net.__class__.__name__ != "toyEPcont"
-
-
 def compute_NT_nS(net, x, y, K=None):
     """BPTT processes in ONE free phase and ONE backward pass.
 
@@ -179,7 +175,7 @@ def compute_dSDT(net, x, y, seq, beta=None, K=None):
                 DT[l][k] = -(H[2 * l] - H0[2 * l]) / (beta * B)
 
         s = net.nudged_phase(x, seq, y, beta=beta, K=K, P=P, record=record)
-        if _layered(net):
+        if net.layered:
             for n in range(net.ns):
                 dS[n][:n] = 0
     return dS, DT, s
