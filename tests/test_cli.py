@@ -605,16 +605,22 @@ def gdu_runs(tmp_path_factory, mnist_present):
     return {k: (root / k[0] / k[1], p) for k, p in zip(keys, procs)}
 
 
+def _gdu_folder(gdu_runs, kind, action):
+    """The run exited 0, wrote its Trial-1 folder and left no temporary file."""
+    results_dir, p = gdu_runs[(kind, action)]
+    ok(p)
+    folder = results_dir / GDU[kind][1] / "Trial-1"
+    assert folder.is_dir(), sorted(snapshot(results_dir))
+    assert not tmp_leftovers(results_dir)
+    return folder
+
+
 @pytest.mark.mnist
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(GDU))
 def test_plotcurves(kind, gdu_runs):
     argv, name, n_neurons, n_synapses = GDU[kind]
-    results_dir, p = gdu_runs[(kind, "plotcurves")]
-    ok(p)
-    folder = results_dir / name / "Trial-1"
-    assert folder.is_dir(), sorted(snapshot(results_dir))
-    assert not tmp_leftovers(results_dir)
+    folder = _gdu_folder(gdu_runs, kind, "plotcurves")
     res = load(folder / "results.json")
     assert res["action"] == "plotcurves"
     nn, ns = res["neuron_names"], res["synapse_names"]
@@ -649,11 +655,7 @@ def test_plotcurves(kind, gdu_runs):
 @pytest.mark.parametrize("kind", list(GDU))
 def test_receipe(kind, gdu_runs):
     _, name, _, n_synapses = GDU[kind]
-    results_dir, p = gdu_runs[(kind, "receipe")]
-    ok(p)
-    folder = results_dir / name / "Trial-1"
-    assert folder.is_dir(), sorted(snapshot(results_dir))
-    assert not tmp_leftovers(results_dir)
+    folder = _gdu_folder(gdu_runs, kind, "receipe")
     rec = load(folder / "receipe.json")
     names = rec["layer_names"]
     assert len(names) == n_synapses and rec["trials"] == 2
