@@ -220,6 +220,13 @@ class EPNet(nn.Module):
         loss = 0.5 * ((s[0] - y) ** 2).sum() / x.shape[0]
         return loss, states, Ps
 
+    def bptt_grads(self, x, y, K=None):
+        """Truncated-BPTT gradients (loss, s_0(T), grads aligned with P) by autograd through `step`;
+        classes with a hand-written adjoint override this."""
+        loss, states, _ = self.bptt_window(x, y, K)
+        grads = torch.autograd.grad(loss, self.param_list(), allow_unused=True, materialize_grads=True)
+        return loss.detach(), states[-1][0].detach(), list(grads)
+
     def forward(self, x, s=None, method="nograd", beta=0.0, target=None, K=None):
         """The original's modes: 'nograd' (free phase if beta == 0, else K nudged steps from s) and
         'withgrad' (the truncated-BPTT forward; returns (loss, final state))."""
@@ -375,6 +382,9 @@ class EPdisc(_LayeredFC):
         gradients as autograd through `step` (a test holds them to round-off), but the weight
         gradients of all K transitions come out of ONE GEMM per weight on the stacked steps
         instead of K small ones.  Returns (loss, s_0(T), grads aligned with P)."""
+        if not self.fast:  # the reference path: autograd
+            with torch.enable_grad():
+                return super().bptt_grads(x, y, K)
         K = self.Kmax if K is None else K
         P, N, dt, B = self.param_list(), self.ns, self.dt, x.shape[0]
         s = self.free_phase(x, T=self.T - K, P=P)

@@ -49,12 +49,7 @@ def ep_batch(net, x, y):
 def bptt_batch(net, x, y):
     """One truncated-BPTT update: backprop through the last Kmax transitions of the free phase,
     loss (1/2B) sum ||s_0(T) - y||^2, SGD with the same per-layer rates as EP."""
-    if net.fast and hasattr(net, "bptt_grads"):  # hand-written adjoint (EPdisc)
-        _, s0, grads = net.bptt_grads(x, y)
-    else:
-        loss, states, _ = net.bptt_window(x, y)
-        grads = torch.autograd.grad(loss, net.param_list(), allow_unused=True, materialize_grads=True)
-        s0 = states[-1][0].detach()
+    _, s0, grads = net.bptt_grads(x, y)  # autograd, or EPdisc's hand-written adjoint
     with torch.no_grad():
         net.updateWeights([-g for g in grads])
     return s0
