@@ -97,8 +97,9 @@ class EPNet(nn.Module):
     fast = True  # use the in-place stepper and fused update in no-grad phases where the class has one
     cache_drive = True  # False recomputes the static input drive at every step (the original's cost; bench only)
 
-    def __init__(self, T, Kmax, beta, dt, lr_tab, activation, clamp=False):
+    def __init__(self, T, Kmax, beta, dt, lr_tab, activation, clamp=False, fast=True):
         super().__init__()
+        self.fast = bool(fast)
         self.T, self.Kmax, self.beta, self.dt = int(T), int(Kmax), float(beta), float(dt)
         self.lr_tab = [float(lr) for lr in lr_tab] if lr_tab is not None else None
         self.act = activation if isinstance(activation, Activation) else get_activation(activation)
@@ -585,11 +586,11 @@ class convEP(EPNet):
 
 # ------------------------------------------------------------------------------------------------
 
-def build_net(args, activation=None):
+def build_net(args, activation=None, fast=True):
     """The class choice of the original: --toymodel, else --C_tab (conv), else --discrete, else EB."""
     act = activation or get_activation(args.activation_function)
     common = dict(T=args.T, Kmax=args.Kmax, beta=args.beta, dt=args.dt, lr_tab=args.lr_tab,
-                  activation=act, clamp=not args.no_clamp)
+                  activation=act, clamp=not args.no_clamp, fast=fast)
     if args.toymodel:
         return toyEPcont(args.size_tab, **common)
     if args.C_tab:

@@ -46,10 +46,10 @@ def ep_batch(net, x, y):
     return seq[0]
 
 
-def bptt_batch(net, x, y):
-    """One truncated-BPTT update: backprop through the last Kmax transitions of the free phase,
-    loss (1/2B) sum ||s_0(T) - y||^2, SGD with the same per-layer rates as EP."""
-    _, s0, grads = net.bptt_grads(x, y)  # autograd, or EPdisc's hand-written adjoint
+def bptt_batch(net, x, y, K=None):
+    """One truncated-BPTT update: backprop through the last K (default Kmax) transitions of the
+    free phase, loss (1/2B) sum ||s_0(T) - y||^2, SGD with the same per-layer rates as EP."""
+    _, s0, grads = net.bptt_grads(x, y, K)  # autograd, or EPdisc's hand-written adjoint
     with torch.no_grad():
         net.updateWeights([-g for g in grads])
     return s0
