@@ -17,7 +17,7 @@ setup: $(BIN)/python
 data: setup
 	@mkdir -p data/MNIST/raw
 	@if ls $(SHARED)/*.gz >/dev/null 2>&1; then cp -n $(SHARED)/*.gz data/MNIST/raw/; fi
-	$(BIN)/python -c "import netFunctions as nf; nf.ensure_mnist('data')"
+	$(BIN)/python -c "import mnist; mnist.ensure_mnist('data')"
 
 # A seeded P-1h EP-vs-BPTT benchmark, 2 epochs of full MNIST: about a minute on a 2-core CPU.
 demo: data

@@ -18,35 +18,21 @@ import platform
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
 import netFunctions as nf
+from config import TABLE1, preset_config
 from netClasses import build_net, conv_geometry
 
-SETTINGS = {  # Table 1 (README commands)
-    "EB-1h": dict(size_tab=[10, 512, 784], lr_tab=[0.05, 0.1], T=100, Kmax=12, beta=0.5, dt=0.2),
-    "EB-2h": dict(size_tab=[10, 512, 512, 784], lr_tab=[0.01, 0.1, 0.4], T=400, Kmax=40, beta=0.5, dt=0.2),
-    "P-1h": dict(discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08], T=40, Kmax=15, beta=0.1),
-    "P-2h": dict(discrete=True, size_tab=[10, 512, 512, 784], lr_tab=[0.005, 0.05, 0.2], T=100, Kmax=20, beta=0.5),
-    "P-3h": dict(discrete=True, size_tab=[10, 512, 512, 512, 784], lr_tab=[0.002, 0.01, 0.05, 0.2], T=180,
-                 Kmax=20, beta=0.5),
-    "P-conv": dict(activation_function="hardsigm", C_tab=[64, 32, 1], size_tab=[10], lr_tab=[0.015, 0.035, 0.15],
-                   T=200, Kmax=10, beta=0.4),
-}
+SETTINGS = TABLE1  # the paper's six Table-1 rows, as presets (config.py)
 QUICK = {"P-1h": dict(), "P-conv": dict(T=20, Kmax=4)}
 N_TRAIN, N_TEST, B = 60000, 10000, 20
 
 
 def make_args(name, over=None, device_label=-1):
-    a = dict(discrete=False, toymodel=False, C_tab=[], activation_function="sigm", no_clamp=False, dt=0.2,
-             Fconv=5, Fpool=2, padding=0, batch_size=B, device_label=device_label)
-    a.update(SETTINGS[name])
-    a.update(over or {})
-    if a["discrete"] or a["C_tab"]:
-        a["dt"] = 1.0
-    return SimpleNamespace(**a)
+    """The preset's Config at batch B, with `over` applied (the dt rule included)."""
+    return preset_config(name, batch_size=B, device_label=device_label, **(over or {}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,17 +115,30 @@ def gemm_small_gflops(device, m=B, n=512, repeats=200):
     return 2 * m * n * n * 20 / t / 1e9
 
 
+@torch.no_grad()
+def ep_batch_original_structure(net, x, y):
+    """EP on the plain path with the input drive recomputed at every step, as the original does
+    (the 'before' of --baseline and the first lever)."""
+    P = net.param_list()
+    s = net.initHidden(x.shape[0])
+    for _ in range(net.T):
+        s = net.step(s, net.drive(x, P), P)
+    seq = s
+    for _ in range(net.Kmax):
+        s = net.step(s, net.drive(x, P), P, y, net.beta)
+    net.ep_update(net.beta, x, s, seq)
+
+
 def bench_setting(name, device, repeats, over=None, baseline=False, test_batch=1000):
     args = make_args(name, over, -1 if device.type == "cpu" else device.index or 0)
     torch.manual_seed(0)
-    net = build_net(args).to(device)
-    if baseline:  # the straightforward path: functional steps, drive recomputed every step
-        net.fast, net.cache_drive = False, False
+    net = build_net(args, fast=not baseline).to(device)
     shape = (B, 1, 28, 28) if args.C_tab else (B, 784)
     x = torch.rand(*shape, device=device)
     y = torch.zeros(B, 10, device=device)
     y[torch.arange(B), torch.randint(10, (B,))] = 1
-    ep = timed(lambda: nf.ep_batch(net, x, y), device, repeats)
+    ep_fn = ep_batch_original_structure if baseline else nf.ep_batch
+    ep = timed(lambda: ep_fn(net, x, y), device, repeats)
     bptt = timed(lambda: nf.bptt_batch(net, x, y), device, repeats)
     xt = torch.rand(test_batch, *shape[1:], device=device)
     test = N_TEST // test_batch * timed(lambda: net.free_phase(xt), device, max(1, repeats // 3))
@@ -152,11 +151,11 @@ def bench_setting(name, device, repeats, over=None, baseline=False, test_batch=1
                 ep_floor_ms=None, reduced=bool(over))
 
 
-LEVERS = [  # (label, net.cache_drive, net.fast, threads) applied cumulatively.  Thread counts are
+LEVERS = [  # (label, EP batch function, fast path) applied cumulatively.  Thread counts are
     # compared in separate processes (--threads), not here: switching the pool per call is unfair
-    ("plain step, input drive recomputed every step (the original's structure)", False, False, None),
-    ("+ static input drive once per batch", True, False, None),
-    ("+ in-place pre-scaled stepper, ping-pong buffers, fused EP update", True, True, None),
+    ("plain step, input drive recomputed every step (the original's structure)", ep_batch_original_structure, False),
+    ("+ static input drive once per batch", nf.ep_batch, False),
+    ("+ in-place pre-scaled stepper, ping-pong buffers, fused EP update", nf.ep_batch, True),
 ]
 
 
@@ -164,27 +163,22 @@ def bench_levers(device, names=("P-1h", "P-2h"), rounds=15):
     """EP ms/batch of each lever.  The levers are timed interleaved, one batch each per round, and
     the median over rounds is reported: on a shared VM the speed drifts, and interleaving makes the
     comparison fair."""
-    threads = torch.get_num_threads()
     nets, data = {}, {}
     for name in names:
         args = make_args(name)
-        for i, (_, cache, fast, _) in enumerate(LEVERS):
+        for i, (_, _, fast) in enumerate(LEVERS):
             torch.manual_seed(0)
-            net = build_net(args).to(device)
-            net.cache_drive, net.fast = cache, fast
-            nets[name, i] = net
+            nets[name, i] = build_net(args, fast=fast).to(device)
         y = torch.zeros(B, 10, device=device)
         y[:, 3] = 1
         data[name] = (torch.rand(B, 784, device=device), y)
     times = {key: [] for key in nets}
     for r in range(rounds + 1):
         for (name, i), net in nets.items():
-            torch.set_num_threads(LEVERS[i][3] or threads)
             x, y = data[name]
-            t = timed(lambda: nf.ep_batch(net, x, y), device, 1, warmup=0)
+            t = timed(lambda: LEVERS[i][1](net, x, y), device, 1, warmup=0)
             if r:  # round 0 is the warm-up
                 times[name, i].append(t)
-    torch.set_num_threads(threads)
     rows = []
     for i, (label, *_rest) in enumerate(LEVERS):
         row = {"lever": label, **{name: 1e3 * statistics.median(times[name, i]) for name in names}}
@@ -200,7 +194,7 @@ def bench_plotcurves(device, T=500):
     net = build_net(args).to(device)
     x, y = torch.rand(B, 784, device=device), torch.zeros(B, 10, device=device)
     y[:, 3] = 1
-    return dict(preset="fig3-P-1h", T=T, Kmax=10, seconds=timed(lambda: nf.compute_gdu(net, x, y), device, 3))
+    return dict(preset="fig3-P-1h", T=T, Kmax=10, seconds=timed(lambda: nf.compute_nSdSDT(net, x, y), device, 3))
 
 
 def main(argv=None):

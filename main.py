@@ -9,71 +9,17 @@ Flags keep the original's names, meanings and defaults (README), except --device
 CPU) and the fixes listed under "Deviations" in the README.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import random
 import re
 import sys
 import time
 from pathlib import Path
 
-# ------------------------------------------------------------------------------------------------
-# Presets: one per command of the original README.  A preset sets the flags of its command; flags
-# given on the command line win.
+from config import ACTIONS, ACTIVATION_NAMES, FIELDS, METHODS, PRESETS, Config, paper_dt
 
-_EB_FIG = dict(action="plotcurves", no_clamp=True, activation_function="tanh", dt=0.08)
-_P_FIG = dict(action="plotcurves", discrete=True, activation_function="tanh")
-_CONV_FIG = dict(action="plotcurves", size_tab=[10], C_tab=[64, 32, 1], activation_function="hardsigm",
-                 beta=0.02, T=5000, Kmax=10)
-_EB1 = dict(size_tab=[10, 512, 784], beta=0.001, T=800, Kmax=80)
-_EB2 = dict(size_tab=[10, 512, 512, 784], beta=0.01, T=5000, Kmax=150)
-_EB3 = dict(size_tab=[10, 512, 512, 512, 784], beta=0.02, T=30000, Kmax=200)
-_P1 = dict(size_tab=[10, 512, 784], beta=0.01, T=150, Kmax=10)
-_P2 = dict(size_tab=[10, 512, 512, 784], beta=0.01, T=1500, Kmax=40)
-_P3 = dict(size_tab=[10, 512, 512, 512, 784], beta=0.015, T=5000, Kmax=40)
-
-PRESETS = {
-    # Table 1 (training, all with --benchmark: EP and BPTT from the same initial weights)
-    "EB-1h": ("Table 1, EB-1h", dict(action="train", size_tab=[10, 512, 784], lr_tab=[0.05, 0.1], epochs=30,
-                                     T=100, Kmax=12, beta=0.5, dt=0.2, benchmark=True)),
-    "EB-2h": ("Table 1, EB-2h", dict(action="train", size_tab=[10, 512, 512, 784], lr_tab=[0.01, 0.1, 0.4],
-                                     epochs=50, T=400, Kmax=40, beta=0.5, dt=0.2, benchmark=True)),
-    "P-1h": ("Table 1, P-1h", dict(action="train", discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08],
-                                   epochs=30, T=40, Kmax=15, beta=0.1, benchmark=True)),
-    "P-1h-T30K10": ("Table 1, P-1h with T 30, K 10 (spec 8.3)", dict(
-        action="train", discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08], epochs=30, T=30, Kmax=10,
-        beta=0.1, benchmark=True)),
-    "P-2h": ("Table 1, P-2h", dict(action="train", discrete=True, size_tab=[10, 512, 512, 784],
-                                   lr_tab=[0.005, 0.05, 0.2], epochs=50, T=100, Kmax=20, beta=0.5, benchmark=True)),
-    "P-3h": ("Table 1, P-3h", dict(action="train", discrete=True, size_tab=[10, 512, 512, 512, 784],
-                                   lr_tab=[0.002, 0.01, 0.05, 0.2], epochs=100, T=180, Kmax=20, beta=0.5,
-                                   benchmark=True)),
-    "P-conv": ("Table 1, P-conv", dict(action="train", activation_function="hardsigm", C_tab=[64, 32, 1],
-                                       size_tab=[10], lr_tab=[0.015, 0.035, 0.15], epochs=40, T=200, Kmax=10,
-                                       beta=0.4, benchmark=True)),
-    # GDU figures (plotcurves)
-    "fig2-toy": ("Fig. 2, toy model (EB)", dict(_EB_FIG, toymodel=True, batch_size=1, size_tab=[10, 50, 5],
-                                                beta=0.01, T=5000, Kmax=80)),
-    "fig3-EB-1h": ("Fig. 3, EB-1h", dict(_EB_FIG, batch_size=20, **_EB1)),
-    "fig3-EB-2h": ("Fig. 3, EB-2h", dict(_EB_FIG, batch_size=20, **_EB2)),
-    "fig3-EB-3h": ("Fig. 3, EB-3h", dict(_EB_FIG, batch_size=20, **_EB3)),
-    "fig3-P-1h": ("Fig. 3, P-1h", dict(_P_FIG, batch_size=20, **_P1)),
-    "fig3-P-2h": ("Fig. 3, P-2h (batch 1 as in the README)", dict(_P_FIG, batch_size=1, **_P2)),
-    "fig3-P-3h": ("Fig. 3, P-3h (batch 1 as in the README)", dict(_P_FIG, batch_size=1, **_P3)),
-    "fig4-conv": ("Fig. 4, conv GDU", dict(_CONV_FIG, batch_size=1)),
-    "fig8-EB-1h": ("App. C.2.1 Fig. 8", dict(_EB_FIG, batch_size=1, **_EB1)),
-    "fig9-EB-2h": ("App. C.2.1 Fig. 9", dict(_EB_FIG, batch_size=1, **_EB2)),
-    "fig10-EB-3h": ("App. C.2.1 Fig. 10", dict(_EB_FIG, batch_size=1, **_EB3)),
-    "fig11-P-1h": ("App. C.2.2 Fig. 11", dict(_P_FIG, batch_size=1, **_P1)),
-    "fig12-P-2h": ("App. C.2.2 Fig. 12", dict(_P_FIG, batch_size=1, **_P2)),
-    "fig13-P-3h": ("App. C.2.2 Fig. 13", dict(_P_FIG, batch_size=1, **_P3)),
-    "fig16-conv": ("App. D Fig. 16, conv RMSE", dict(_CONV_FIG, batch_size=20)),
-}
-
-ACTIONS = ("train", "plotcurves", "receipe")
-METHODS = {"eqprop": "EP", "EP": "EP", "BPTT": "BPTT"}
+DEFAULTS = Config()
 
 
 class UsageError(Exception):
@@ -85,76 +31,79 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+OPTION = {}  # Config field -> its flag as spelled on the command line (filled by make_parser)
+
+
 def make_parser(suppress=False):
+    """The flags, with Config's defaults.  suppress=True: no defaults, so that parsing tells which
+    flags were given explicitly."""
     kw = dict(argument_default=argparse.SUPPRESS) if suppress else {}
     p = _Parser(prog="main.py", description="EP vs BPTT (Ernoult et al. 2019)", **kw)
-    d = (lambda v: {}) if suppress else (lambda v: {"default": v})
-    a = p.add_argument
+
+    def a(flag, dflt=None, **kwargs):
+        dest = flag.lstrip("-").replace("-", "_")
+        OPTION[dest] = flag
+        if not suppress:
+            kwargs["default"] = getattr(DEFAULTS, dest) if dflt is None else dflt
+        p.add_argument(flag, **kwargs)
+
     # optimisation
-    a("--batch-size", type=int, **d(20), help="training batch size; also the batch of plotcurves/receipe")
-    a("--test-batch-size", type=int, **d(1000), help="test batch size (speed only)")
-    a("--epochs", type=int, **d(1))
-    a("--lr_tab", type=float, nargs="+", **d([0.05, 0.1]), help="per-layer rates, output side first")
-    a("--training-method", choices=sorted(METHODS), **d("eqprop"), help="eqprop (= EP) or BPTT")
-    a("--benchmark", action="store_true", **d(False), help="also train a BPTT copy from the same init")
+    a("--batch-size", type=int, help="training batch size; also the batch of plotcurves/receipe")
+    a("--test-batch-size", type=int, help="test batch size (speed only)")
+    a("--epochs", type=int)
+    a("--lr_tab", type=float, nargs="+", help="per-layer rates, output side first")
+    a("--training-method", choices=sorted(METHODS), help="eqprop (= EP) or BPTT")
+    a("--benchmark", action="store_true", help="also train a BPTT copy from the same init")
     # network
-    a("--size_tab", type=int, nargs="+", **d([10]), help="layer sizes from output to input")
-    a("--discrete", action="store_true", **d(False), help="prototypical setting (EPdisc)")
-    a("--dt", type=float, **d(0.2), help="Euler step of the EB setting (P setting: 1 unless given)")
-    a("--T", type=int, **d(100), help="free-phase steps")
-    a("--Kmax", type=int, **d(25), help="nudged-phase steps = BPTT truncation")
-    a("--beta", type=float, **d(1.0), help="nudging strength (> 0)")
-    a("--activation-function", choices=["sigm", "hardsigm", "tanh"], **d("sigm"))
-    a("--no-clamp", action="store_true", **d(False), help="EB: do not clamp states to [0,1]")
-    a("--toymodel", action="store_true", **d(False), help="the toy model of Fig. 2")
-    a("--C_tab", type=int, nargs="+", **d([]), help="conv channels from the classifier down to 1")
-    a("--padding", type=int, **d(0), help="non-zero: same padding P = (Fconv-1)/2")
-    a("--Fconv", type=int, **d(5))
-    a("--Fpool", type=int, **d(2))
+    a("--size_tab", type=int, nargs="+", help="layer sizes from output to input")
+    a("--discrete", action="store_true", help="prototypical setting (EPdisc)")
+    a("--dt", type=float, help="Euler step of the EB setting (P setting: 1 unless given)")
+    a("--T", type=int, help="free-phase steps")
+    a("--Kmax", type=int, help="nudged-phase steps = BPTT truncation")
+    a("--beta", type=float, help="nudging strength (> 0)")
+    a("--activation-function", choices=ACTIVATION_NAMES)
+    a("--no-clamp", action="store_true", help="EB: do not clamp states to [0,1]")
+    a("--toymodel", action="store_true", help="the toy model of Fig. 2")
+    a("--C_tab", type=int, nargs="+", help="conv channels from the classifier down to 1")
+    a("--padding", type=int, help="non-zero: same padding P = (Fconv-1)/2")
+    a("--Fconv", type=int)
+    a("--Fpool", type=int)
     # others
-    a("--action", choices=ACTIONS, **d("train"))
-    a("--device-label", type=int, **d(-1), help="-1 = CPU (default), N = cuda:N")
-    a("--seed", type=int, **d(None), help="seeds torch, numpy, python, the data order (drawn if absent)")
-    a("--data-dir", **d(os.environ.get("EP_DATA_DIR", "./data")), help="MNIST root (env EP_DATA_DIR)")
-    a("--results-dir", **d("./results"))
-    a("--train-subset", type=int, **d(None), help="use the first N training examples")
-    a("--test-subset", type=int, **d(None), help="use the first N test examples")
-    a("--trials", type=int, **d(20), help="receipe: number of random batches")
-    a("--resume", **d(None), help="continue a train Trial folder from its last finished epoch")
-    a("--quiet", action="store_true", **d(False), help="no progress bar")
-    a("--preset", **d(None), help="set the flags of one of the paper's commands (--list-presets)")
-    a("--list-presets", action="store_true", **d(False))
+    a("--action", choices=ACTIONS)
+    a("--device-label", type=int, help="-1 = CPU (default), N = cuda:N")
+    a("--seed", type=int, help="seeds torch, numpy, python, the data order (drawn if absent)")
+    a("--data-dir", os.environ.get("EP_DATA_DIR", DEFAULTS.data_dir), help="MNIST root (env EP_DATA_DIR)")
+    a("--results-dir")
+    a("--train-subset", type=int, help="use the first N training examples")
+    a("--test-subset", type=int, help="use the first N test examples")
+    a("--trials", type=int, help="receipe: number of random batches")
+    a("--resume", help="continue a train Trial folder from its last finished epoch")
+    a("--quiet", action="store_true", help="no progress bar")
+    a("--preset", help="set the flags of one of the paper's commands (--list-presets)")
+    a("--list-presets", action="store_true")
     return p
 
 
 def parse_args(argv):
-    """defaults <- preset <- command line.  Also records which flags were set explicitly."""
-    args = make_parser().parse_args(argv)
+    """defaults <- preset <- command line, as one Config; records which flags were set explicitly."""
+    args = vars(make_parser().parse_args(argv))
     explicit = vars(make_parser(suppress=True).parse_args(argv))
     preset = {}
-    if args.preset is not None:
-        if args.preset not in PRESETS:
-            raise UsageError(f"--preset: unknown preset {args.preset!r} (see --list-presets)")
-        preset = PRESETS[args.preset][1]
+    if args["preset"] is not None:
+        if args["preset"] not in PRESETS:
+            raise UsageError(f"--preset: unknown preset {args['preset']!r} (see --list-presets)")
+        preset = PRESETS[args["preset"]].flags
     for k, v in preset.items():
         if k not in explicit:
-            setattr(args, k, v)
-    args.explicit = sorted(set(explicit) | set(preset))
-    if args.discrete and "dt" not in args.explicit:
-        args.dt = 1.0  # the paper's prototypical model has no Euler step (spec 9.1.1)
-    if args.C_tab:
-        args.dt = 1.0  # the conv net is always step size 1
-    args.training_method = METHODS[args.training_method]
-    return args
-
-
-def net_kind(args):
-    return "toy" if args.toymodel else "conv" if args.C_tab else "fc"
+            args[k] = v
+    args["explicit"] = sorted(set(explicit) | set(preset))
+    args["training_method"] = METHODS[args["training_method"]]
+    return paper_dt(Config(**args))
 
 
 def validate(args):
     """Every check before any work: raise UsageError naming the flag and what is expected."""
-    kind = net_kind(args)
+    kind = args.kind
     for flag, v, lo in [("--T", args.T, 1), ("--Kmax", args.Kmax, 1), ("--batch-size", args.batch_size, 1),
                         ("--test-batch-size", args.test_batch_size, 1), ("--epochs", args.epochs, 1),
                         ("--trials", args.trials, 1), ("--Fconv", args.Fconv, 1), ("--Fpool", args.Fpool, 1)]:
@@ -192,8 +141,7 @@ def validate(args):
         except ValueError as e:
             raise UsageError(f"--C_tab/--Fconv/--Fpool: {e}")
     if args.action == "train":
-        n_layers = 3 if kind == "toy" else (len(args.size_tab) + len(args.C_tab) - 1 if kind == "conv"
-                                            else len(args.size_tab) - 1)
+        n_layers = args.n_weight_layers
         if len(args.lr_tab) != n_layers:
             raise UsageError(f"--lr_tab needs {n_layers} learning rates (one per weight layer, output side first), got {len(args.lr_tab)}")
     if args.device_label >= 0:
@@ -227,28 +175,27 @@ def resolve_resume(args):
     try:
         cfg = json.loads(cfg_path.read_text())
         saved = cfg["args"]
-        defaults = vars(make_parser().parse_args([]))
-        if not isinstance(saved, dict) or not set(defaults) <= set(saved):
+        if not isinstance(saved, dict) or not set(FIELDS) <= set(saved):
             raise TypeError
     except (ValueError, KeyError, TypeError, OSError):
         raise UsageError(f"--resume {args.resume}: config.json is not this program's")
     if saved["action"] != "train":
         raise UsageError(f"--resume {args.resume}: only train runs can be resumed")
-    import netFunctions as nf
+    import results as rs
     try:
-        ck = nf.load_checkpoint(ck_path)
+        ck = rs.load_checkpoint(ck_path)
         if not {"epoch", "net", "results"} <= set(ck):
             raise KeyError
     except Exception:
         raise UsageError(f"--resume {args.resume}: checkpoint.pt is damaged or not this program's")
-    new = argparse.Namespace(**{**defaults, **saved})
+    new = Config(**{k: saved[k] for k in FIELDS})
     if "epochs" in args.explicit and args.epochs != new.epochs:
         new.epochs = args.epochs
         cfg["args"]["epochs"] = args.epochs  # an interrupted extension keeps its target
-        nf.write_json(cfg_path, cfg)
+        rs.write_json(cfg_path, cfg)
         hp = folder / "hyperparameters.txt"
         if hp.is_file():
-            nf.atomic_write_text(hp, re.sub(r"(?m)^- number of epochs: .*$", f"- number of epochs: {args.epochs}",
+            rs.atomic_write_text(hp, re.sub(r"(?m)^- number of epochs: .*$", f"- number of epochs: {args.epochs}",
                                             hp.read_text()))
     new.quiet, new.resume = args.quiet, str(folder)
     return new, ck
@@ -262,7 +209,10 @@ def run(args, ck=None):
     """Data, nets, result folder, then the action; figures rendered at the end of every action."""
     import torch
 
+    import mnist
     import netFunctions as nf
+    import plotFunctions
+    import results as rs
     from netClasses import build_net
 
     log = print  # summary lines always print; --quiet silences the progress bar and the chatter
@@ -276,9 +226,9 @@ def run(args, ck=None):
     Xtr = Ytr = Xte = Yte = None
     if not args.toymodel:
         flat = not args.C_tab
-        Xtr, Ytr = nf.load_mnist(args.data_dir, True, args.train_subset, flat, device, log=chatter)
+        Xtr, Ytr = mnist.load_mnist(args.data_dir, True, args.train_subset, flat, device, log=chatter)
         if args.action == "train":
-            Xte, Yte = nf.load_mnist(args.data_dir, False, args.test_subset, flat, device, log=chatter)
+            Xte, Yte = mnist.load_mnist(args.data_dir, False, args.test_subset, flat, device, log=chatter)
 
     torch.manual_seed(args.seed)
     net = build_net(args).to(device)
@@ -287,14 +237,14 @@ def run(args, ck=None):
         net_bptt = build_net(args).to(device)
         net_bptt.load_state_dict(net.state_dict())  # identical initial weights
     if ck is not None:
-        path, name = Path(args.resume), nf.model_name(args)
+        path, name = Path(args.resume), rs.model_name(args)
         net.load_state_dict(ck["net"])
         if net_bptt is not None:
             net_bptt.load_state_dict(ck["net_bptt"])
     else:
-        path, name = nf.createPath(args, args.results_dir)
-        nf.createHyperparameterfile(path, name, args)
-        write_config(path, args, device)
+        path, name = rs.createPath(args, args.results_dir)
+        rs.createHyperparameterfile(path, name, args)
+        rs.write_config(path, args, device)
     chatter(f"results in {path}")
     title = describe(args, net)
 
@@ -306,10 +256,10 @@ def run(args, ck=None):
         batches = (sample_batch(args, Xtr, Ytr, t, device, net) for t in range(args.trials))
         res = nf.receipe(net, batches, log=log)
         res.update(action="receipe", model=name, title=title, seed=args.seed)
-        nf.write_json(path / "receipe.json", res)
-        nf.write_json(path / "results.json", res)
+        rs.write_json(path / "receipe.json", res)
+        rs.write_json(path / "results.json", res)
     try:
-        written = nf.plotFunctions.render(path)
+        written = plotFunctions.render(path)
         chatter("figures: " + ", ".join(str(Path(w).name) for w in written))
     except Exception as e:  # a figure problem must not hide the numbers already saved
         log(f"warning: figures not rendered ({e})")
@@ -320,13 +270,15 @@ def plotcurves(args, net, X, Y, device, path, name, title, log):
     """The GDU processes of one random batch: curves.npz, metrics in results.json.  A function of
     its own so that the (large, for EB-3h) tensors are freed before the figures are rendered."""
     import netFunctions as nf
+    import plotFunctions
+    import results as rs
     x, y = sample_batch(args, X, Y, 0, device, net)
     t0 = time.perf_counter()
-    curves = [[t.cpu().numpy() for t in c] for c in nf.compute_gdu(net, x, y)]
+    curves = [[t.cpu().numpy() for t in c] for c in nf.compute_nSdSDT(net, x, y)]
     secs = time.perf_counter() - t0
-    nf.save_curves(path, *curves)
-    metrics = nf.plotFunctions.gdu_metrics(*curves, net.neuron_names, net.synapse_names)
-    nf.write_json(path / "results.json", dict(
+    rs.save_curves(path, *curves)
+    metrics = plotFunctions.gdu_metrics(*curves, net.neuron_names, net.synapse_names)
+    rs.write_json(path / "results.json", dict(
         action="plotcurves", model=name, title=title, toymodel=bool(args.toymodel), conv=bool(args.C_tab),
         T=args.T, Kmax=args.Kmax, beta=args.beta, batch_size=args.batch_size, seed=args.seed,
         neuron_names=net.neuron_names, synapse_names=net.synapse_names, metrics=metrics, seconds=secs))
@@ -365,30 +317,17 @@ def print_metrics(metrics, log):
                 f" {m['sign_agree']:10.1f}%")
 
 
-def write_config(path, args, device):
-    import torch
-    import torchvision
-    import netFunctions as nf
-    cfg = dict(args=dict(vars(args)),
-               seed=args.seed, command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-               versions=dict(python=platform.python_version(), torch=torch.__version__,
-                             torchvision=torchvision.__version__),
-               device=str(device), device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
-                                                else platform.processor() or platform.machine()),
-               threads=torch.get_num_threads(), started=datetime.datetime.now().isoformat(timespec="seconds"))
-    nf.write_json(Path(path) / "config.json", cfg)
-
-
 def preset_command(flags):
     """The command line a preset stands for, with the flags' own spelling."""
-    opt = {a.dest: a.option_strings[0] for a in make_parser()._actions if a.option_strings}
-    return " ".join(opt[f] + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
+    if not OPTION:
+        make_parser()
+    return " ".join(OPTION[f] + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
                     for f, v in flags.items())
 
 
 def list_presets():
-    for k, (what, flags) in PRESETS.items():
-        print(f"{k:12s} {what:40s} {preset_command(flags)}")
+    for k, p in PRESETS.items():
+        print(f"{k:12s} {p.title:40s} {preset_command(p.flags)}")
 
 
 def main(argv=None):
@@ -405,10 +344,11 @@ def main(argv=None):
     except UsageError as e:
         print(f"main.py: error: {e}", file=sys.stderr)
         return 2
+    import mnist
     import netFunctions as nf
     try:
         return run(args, ck)
-    except nf.DataError as e:
+    except mnist.DataError as e:
         print(f"main.py: error: {e}", file=sys.stderr)
         return 2
     except nf.Divergence as e:

@@ -1,47 +1,45 @@
 """The four networks of Ernoult et al. (NeurIPS 2019): EPcont, EPdisc, toyEPcont, convEP.
 
-Conventions (as in the paper and the original code):
-- Layer 0 is the OUTPUT layer; indices grow towards the input x.  States are B x d row matrices.
+This file is the paper, once: each network's step and its Hebbian terms dPhi/dtheta, in the paper's
+notation, written plainly (functional, differentiable).  It is the code to read and to change.  The
+speed layer (fastpath.py) re-implements the hot loops of the fully connected nets in place; it is
+chosen by the constructor argument `fast` and tested against this file to round-off.
+
+Conventions (the paper's and the original code's):
+- Layer 0 is the OUTPUT layer; indices grow towards the input x.  States are (B, d_n) row matrices.
 - A network is a convergent RNN with static input:  s(t+1) = F(x, s(t), theta),  s(0) = 0.
-- Each class only says what differs: its stepper `step` (one synchronous time step), its static
-  input drive `drive` (computed once per batch: x never changes), and its Hebbian terms `hebbian`
-  (dPhi/dtheta, summed over the batch).  `EPNet` holds everything they share: the free phase
-  (T steps), the nudged phase (Kmax steps, beta > 0), the EP update, and the truncated-BPTT window.
-- Steppers are *functional*: they take the parameter list P explicitly.  Training passes the
-  module's own parameters; the GDU analysis passes one leaf copy per transition, which gives the
-  per-transition BPTT gradients dL/dtheta_(T-k) in one backward pass.
+- Each class says only what differs: `step` (one synchronous time step), `drive` (what is static
+  during a batch, computed once: x never changes), `hebbian` (dPhi/dtheta, summed over the batch).
+  `EPNet` holds what they share: the free phase (T steps), the nudged phase (Kmax steps, beta > 0),
+  the EP update and the truncated-BPTT window.
+- Steppers take the parameter list P explicitly.  Training passes the module's own parameters; the
+  GDU analysis passes one leaf copy per transition, which gives the per-transition BPTT gradients
+  dL/dtheta_(T-k) in one backward pass.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fastpath
+
 
 # ------------------------------------------------------------------------------------------------
-# Activations (spec section 3).  rhop is returned as a float tensor (the original's hardsigm gave a bool).
+# Activations (spec section 3).  rhop is a float tensor (the original's hardsigm gave a bool).
 
+@dataclass(frozen=True)
 class Activation:
-    """rho, its derivative rhop, and in-place forms for the fast stepper:
-    rho(u) = prim(scale * u + shift), so a layer's pre-activation can be computed directly in the
-    scaled space by pre-scaling its weights once per batch (one addmm + one in-place prim)."""
-
-    def __init__(self, name, rho, rhop, scale, shift, prim_, rhop_from_rho_):
-        self.name, self.rho, self.rhop = name, rho, rhop
-        self.scale, self.shift, self.prim_ = scale, shift, prim_
-        self._rhop_from_rho_ = rhop_from_rho_
-
-    def rho_into(self, u, out):
-        if self.scale == 1 and self.shift == 0:
-            out.copy_(u)
-        else:
-            torch.mul(u, self.scale, out=out).add_(self.shift)
-        return self.prim_(out)
-
-    def rhop_into(self, u, r, out):
-        """rho'(u) into out, given r = rho(u)."""
-        return self._rhop_from_rho_(u, r, out)
-
-    def __repr__(self):
-        return f"Activation({self.name})"
+    """rho and its derivative rhop.  The speed layer also needs rho in the form
+    rho(u) = prim(scale * u + shift) (so that the scale folds into pre-scaled weights), the in-place
+    prim_, and rhop_from_rho(u, r, out) = rho'(u) written into out given r = rho(u)."""
+    name: str
+    rho: object
+    rhop: object
+    scale: float
+    shift: float
+    prim_: object
+    rhop_from_rho: object
 
 
 def _sigm(u):  # sigmoid centred at 1/2 with slope 1 there, range (0, 1)
@@ -81,6 +79,15 @@ def get_activation(name):
     return ACTIVATIONS[name]
 
 
+@dataclass
+class Context:
+    """What stays fixed during a batch on the reference path: the parameters P, the input x and the
+    static drive d = net.drive(x, P) (x never changes, so its projection is computed once)."""
+    P: list
+    x: torch.Tensor
+    d: object
+
+
 # ------------------------------------------------------------------------------------------------
 
 class EPNet(nn.Module):
@@ -90,21 +97,19 @@ class EPNet(nn.Module):
     order of --lr_tab), `self.ns` (number of neuron layers), `neuron_names`, `synapse_names`, and
     the methods `initHidden`, `drive`, `step`, `hebbian`.  The flat parameter list P is
     [layers[0].weight, layers[0].bias, layers[1].weight, ...]; layer l's learning rate is lr_tab[l].
+    `fast` selects the speed layer (fastpath.py) where a class has one; False is the plain path.
     """
 
-    prototypical = False
     layered = True  # output, hidden..., input in a chain: layer n cannot feel the nudge before step n
-    fast = True  # use the in-place stepper and fused update in no-grad phases where the class has one
-    cache_drive = True  # False recomputes the static input drive at every step (the original's cost; bench only)
 
     def __init__(self, T, Kmax, beta, dt, lr_tab, activation, clamp=False, fast=True):
         super().__init__()
-        self.fast = bool(fast)
         self.T, self.Kmax, self.beta, self.dt = int(T), int(Kmax), float(beta), float(dt)
         self.lr_tab = [float(lr) for lr in lr_tab] if lr_tab is not None else None
         self.act = activation if isinstance(activation, Activation) else get_activation(activation)
         self.rho, self.rhop = self.act.rho, self.act.rhop
         self.clamp = bool(clamp)
+        self.fast = bool(fast)
 
     # --- plumbing -------------------------------------------------------------------------------
     def param_list(self):
@@ -131,50 +136,32 @@ class EPNet(nn.Module):
         return s[: self.ns]
 
     # --- the two EP phases (no autograd: EP needs no gradient) -----------------------------------
-    def context(self, x, P=None, d=None):
-        """What stays fixed during a batch: the parameters P and the static input drive d (x never
-        changes, so its projection is computed once, not at every step).  Classes with an in-place
-        stepper (`fast_step`) add their pre-scaled copies and scratch buffers (`fast_context`)."""
+    @torch.no_grad()
+    def context(self, x, P=None):
+        """What stays fixed during a batch (Context); the speed layer's own where it applies."""
         P = self.param_list() if P is None else P
-        ctx = {"P": P, "x": x}
-        if self.fast and self.cache_drive and hasattr(self, "fast_step"):
-            with torch.no_grad():
-                ctx.update(self.fast_context(x, P))  # carries its own (pre-scaled) drive
-        else:
-            ctx["d"] = self.drive(x, P) if d is None else d
-        return ctx
+        return Context(P, x, self.drive(x, P))
 
     @torch.no_grad()
     def run_steps(self, s, ctx, steps, y=None, beta=0.0, record=None):
-        """`steps` synchronous steps from s (never modified).  record(k, s_k, s_k+1) after each;
-        on the fast path s_k and s_k+1 are reused buffers: record must read them, not keep them.
-        Uses the in-place stepper (two ping-pong buffers, no allocation per step) where the class
-        has one and self.fast is on; the plain functional `step` otherwise (the reference)."""
-        if self.fast and "fast" in ctx:
-            bufs = ([torch.empty_like(t) for t in s], [torch.empty_like(t) for t in s])
-            for k in range(steps):
-                s_new = self.fast_step(s, ctx, y, beta, bufs[k % 2])
-                if record is not None:
-                    record(k, s, s_new)
-                s = s_new
-            return s
+        """`steps` synchronous steps from s (never modified); record(k, s_k, s_k+1) after each.
+        On the fast path s_k and s_k+1 are reused buffers: record must read them, not keep them."""
         for k in range(steps):
-            d = ctx["d"] if self.cache_drive else self.drive(ctx["x"], ctx["P"])
-            s_new = self.step(s, d, ctx["P"], y, beta)
+            s_new = self.step(s, ctx.d, ctx.P, y, beta)
             if record is not None:
                 record(k, s, s_new)
             s = s_new
         return s
 
-    def free_phase(self, x, s=None, T=None, ctx=None, P=None, d=None):
+    def free_phase(self, x, s=None, T=None, ctx=None, P=None):
         """T free steps (beta = 0) from s (zero state if None).  Returns s(T)."""
-        ctx = self.context(x, P, d) if ctx is None else ctx
+        ctx = self.context(x, P) if ctx is None else ctx
         s = self.initHidden(x.shape[0]) if s is None else s
         return self.run_steps(s, ctx, self.T if T is None else T)
 
-    def nudged_phase(self, x, s, y, beta=None, K=None, ctx=None, P=None, d=None, record=None):
-        """K nudged steps from s (the free state), beta > 0 pulls the output towards y."""
-        ctx = self.context(x, P, d) if ctx is None else ctx
+    def nudged_phase(self, x, s, y, beta=None, K=None, ctx=None, P=None, record=None):
+        """K nudged steps from s (the free state); beta > 0 pulls the output towards y."""
+        ctx = self.context(x, P) if ctx is None else ctx
         beta = self.beta if beta is None else beta
         return self.run_steps(s, ctx, self.Kmax if K is None else K, y, beta, record)
 
@@ -194,7 +181,7 @@ class EPNet(nn.Module):
 
     @torch.no_grad()
     def ep_update(self, beta, x, s, seq):
-        """The EP training step: updateWeights(computeGradients(...)).  Layered nets fuse it."""
+        """The EP training step: updateWeights(computeGradients(...))."""
         self.updateWeights(self.computeGradients(beta, x, s, seq))
 
     # --- truncated BPTT ---------------------------------------------------------------------------
@@ -209,8 +196,7 @@ class EPNet(nn.Module):
         """
         K = self.Kmax if K is None else K
         P = self.param_list()
-        with torch.no_grad():
-            s = self.free_phase(x, T=self.T - K, P=P)
+        s = self.free_phase(x, T=self.T - K, P=P)  # no graph: run_steps is no-grad
         states, Ps = [s], []
         d = None if per_transition else self.drive(x, P)
         for _ in range(K):
@@ -222,10 +208,10 @@ class EPNet(nn.Module):
         return loss, states, Ps
 
     def bptt_grads(self, x, y, K=None):
-        """Truncated-BPTT gradients (loss, s_0(T), grads aligned with P) by autograd through `step`;
-        classes with a hand-written adjoint override this."""
-        loss, states, _ = self.bptt_window(x, y, K)
-        grads = torch.autograd.grad(loss, self.param_list(), allow_unused=True, materialize_grads=True)
+        """Truncated-BPTT gradients by autograd through `step`: (loss, s_0(T), grads aligned with P)."""
+        with torch.enable_grad():
+            loss, states, _ = self.bptt_window(x, y, K)
+            grads = torch.autograd.grad(loss, self.param_list(), allow_unused=True, materialize_grads=True)
         return loss.detach(), states[-1][0].detach(), list(grads)
 
     def forward(self, x, s=None, method="nograd", beta=0.0, target=None, K=None):
@@ -242,9 +228,10 @@ class EPNet(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 class _LayeredFC(EPNet):
-    """Fully connected layered net: W_{n,n+1} (d_n x d_{n+1}) and bias b_n live in layers[n], a
-    Linear(d_{n+1} -> d_n); layers[N-1] holds the input weights W_{N-1,x}.  The two settings differ
-    only in `phi` (what a neighbour sends: rho(s) in EB, s in P) and `settle` (the increment)."""
+    """Fully connected layered net, N = ns neuron layers s_0 (output) ... s_{N-1}, input x.
+    W_{n,n+1} (d_n x d_{n+1}) and bias b_n live in layers[n], a Linear(d_{n+1} -> d_n); layers[N-1]
+    holds the input weights W_{N-1,x}.  The two settings differ only in `phi` (what a neighbour
+    sends: rho(s) in EB, s in P) and `settle` (the increment)."""
 
     def __init__(self, size_tab, **kw):
         super().__init__(**kw)
@@ -257,102 +244,70 @@ class _LayeredFC(EPNet):
         self.synapse_names = [f"W_{{{n}{n + 1}}}" for n in range(self.ns - 1)] + [f"W_{{{self.ns - 1}x}}"]
 
     def initHidden(self, B):
-        return [self._zeros(B, d) for d in self.size_tab[:-1]]
+        return [self._zeros(B, d) for d in self.size_tab[:-1]]  # s_n: (B, d_n)
 
     def drive(self, x, P):
-        """What is static during a batch: the input drive phi(x) W_{N-1,x}^T + b_{N-1}, and contiguous
-        transposes of the hidden weights (MKL's small-M GEMM is ~2x slower on a transposed view).
-        Differentiable, so the BPTT window uses it too."""
+        """What is static during a batch: the input drive phi(x) W_{N-1,x}^T + b_{N-1}, (B, d_{N-1}),
+        and contiguous transposes W_{n,n+1}^T of the hidden weights (MKL's small-M GEMM is ~2x slower
+        on a transposed view).  Differentiable, so the BPTT window uses it too."""
         return torch.addmm(P[-1], self.phi(x), P[-2].t()), [P[2 * n].t().contiguous() for n in range(self.ns - 1)]
 
-    def step(self, s, d, P, y=None, beta=0.0):
-        N, a = self.ns, [self.phi(t) for t in s]
+    def pre(self, a, d, P, n):
+        """What layer n receives, h_n = W_{n,n+1} a_{n+1} + b_n + W_{n-1,n}^T a_{n-1}: (B, d_n), from
+        the neighbours' outputs a = phi(s) (the last layer's bottom-up term is the static drive)."""
         dx, Wt = d
+        h = dx if n == self.ns - 1 else torch.addmm(P[2 * n + 1], a[n + 1], Wt[n])  # bottom-up
+        if n > 0:
+            h = torch.addmm(h, a[n - 1], P[2 * n - 2])  # top-down, through W_{n-1,n}^T
+        return h
+
+    def step(self, s, d, P, y=None, beta=0.0):
+        a = [self.phi(t) for t in s]
         out = []
-        for n in range(N):
-            h = dx if n == N - 1 else torch.addmm(P[2 * n + 1], a[n + 1], Wt[n])
-            if n > 0:
-                h = h + a[n - 1] @ P[2 * n - 2]  # feedback through the transpose of W_{n-1,n}
-            g = self.settle(s[n], h, n)
+        for n in range(self.ns):
+            g = self.settle(s[n], self.pre(a, d, P, n), n)
             if n == 0 and beta:
-                g = g + beta * (y - s[0])
+                g = g + beta * (y - s[0])  # the nudge: -beta dl/ds_0
             out.append(s[n] + self.dt * g)
         if self.clamp:
             out = [t.clamp(0.0, 1.0) for t in out]
         return out
 
-    def fast_context(self, x, P):
-        """Pre-scaled weights so that a step is one addmm per coupling plus a few in-place ops.
-        EB: weights and biases times dt (the Euler step).  P: times the activation's scale, bias
-        plus its shift (rho(u) = prim(scale u + shift))."""
-        a, c = (self.dt, 0.0) if not self.prototypical else (self.act.scale, self.act.shift)
-        W = [a * P[2 * n] for n in range(self.ns)]
-        b = [a * P[2 * n + 1] + c for n in range(self.ns)]
-        d = torch.addmm(b[-1], self.phi(x), W[-1].t())
-        B = x.shape[0]
-        scratch = [self._zeros(B, dn) for dn in self.size_tab[:-1]]
-        # contiguous transposes: MKL's small-M GEMM is ~2x slower on a transposed view
-        return {"fast": True, "W": W, "Wt": [w.t().contiguous() for w in W], "b": b, "dx": d,
-                "r": scratch, "rp": [torch.empty_like(t) for t in scratch]}
-
-    def fast_step(self, s, ctx, y, beta, out):
-        N, W, b, dt = self.ns, ctx["W"], ctx["b"], self.dt
-        if self.prototypical:
-            a = s
-        else:  # neighbours are seen through rho; hidden layers need rho'(s) too
-            a = [self.act.rho_into(s[n], ctx["r"][n]) for n in range(N)]
-            for n in range(1, N):
-                self.act.rhop_into(s[n], a[n], ctx["rp"][n])
-        for n in range(N):
-            if n == N - 1:
-                torch.addmm(ctx["dx"], a[n - 1], W[n - 1], out=out[n])
-            else:
-                torch.addmm(b[n], a[n + 1], ctx["Wt"][n], out=out[n])
-                if n > 0:
-                    out[n].addmm_(a[n - 1], W[n - 1])
-            if self.prototypical:  # s + dt (-s + rho(h)), with h already in the scaled space
-                self.act.prim_(out[n])
-                if dt != 1.0:
-                    out[n].mul_(dt).add_(s[n], alpha=1.0 - dt)
-            else:  # s + dt (-s + rho'(s) h), with dt already folded into W and b
-                if n > 0:
-                    out[n].mul_(ctx["rp"][n])
-                out[n].add_(s[n], alpha=1.0 - dt)
-        if beta:
-            out[0].add_(y, alpha=beta * dt).sub_(s[0], alpha=beta * dt)
-        if self.clamp:
-            for t in out:
-                t.clamp_(0.0, 1.0)
-        return out
-
-    @torch.no_grad()
-    def ep_update(self, beta, x, s, seq):
-        """Fused EP step: W_n += lr_n/(beta B) [a_n^T a_n+1 |beta - a_n^T a_n+1 |0] as ONE addmm of
-        the stacked phases ([a^beta; -a^0]^T [a^beta; a^0]), no intermediate Hebbian matrices."""
-        if not self.fast:
-            return super().ep_update(beta, x, s, seq)
-        B = x.shape[0]
-        a = [torch.cat([self.phi(u), -self.phi(v)]) for u, v in zip(self.neurons(s), self.neurons(seq))]
-        px = self.phi(x)
-        for n, m in enumerate(self.layers):
-            k = self.lr_tab[n] / (beta * B)
-            right = torch.cat([a[n + 1][:B], -a[n + 1][B:]]) if n + 1 < self.ns else torch.cat([px, px])
-            m.weight.addmm_(a[n].t(), right, alpha=k)
-            m.bias.add_(a[n].sum(0), alpha=k)
-
     def hebbian(self, x, s):
+        """dPhi/dW_{n,n+1} = a_n^T a_{n+1}: (d_n, d_{n+1}); dPhi/db_n = sum_batch a_n: (d_n,)."""
         a = [self.phi(t) for t in s] + [self.phi(x)]
         H = []
         for n in range(self.ns):
             H += [a[n].t() @ a[n + 1], a[n].sum(0)]
         return H
 
+    # --- the speed layer (fastpath.py), chosen by self.fast --------------------------------------
+    @torch.no_grad()
+    def context(self, x, P=None):
+        if not self.fast:
+            return super().context(x, P)
+        return fastpath.layered_context(self, x, self.param_list() if P is None else P)
+
+    @torch.no_grad()
+    def run_steps(self, s, ctx, steps, y=None, beta=0.0, record=None):
+        if isinstance(ctx, fastpath.LayeredContext):
+            return fastpath.layered_run_steps(self, s, ctx, steps, y, beta, record)
+        return super().run_steps(s, ctx, steps, y, beta, record)
+
+    @torch.no_grad()
+    def ep_update(self, beta, x, s, seq):
+        if not self.fast:
+            return super().ep_update(beta, x, s, seq)
+        fastpath.layered_ep_update(self, beta, x, s, seq)
+
 
 class EPcont(_LayeredFC):
-    """Energy-based setting (EB): Euler step dt of ds/dt = -dE/ds for a Hopfield-like energy.
-    Neighbours (and the input) are seen through rho; hidden layers carry the rho'(s_n) factor, the
-    output layer does not (as coded by the authors, spec 9.1.3).  States clamped to [0,1] unless
-    --no-clamp."""
+    """Energy-based setting (EB): Euler step dt of ds/dt = -dE/ds for a Hopfield-like energy,
+        s_n <- s_n + dt (-s_n + rho'(s_n) h_n),  h_n from rho(s_{n+1}), rho(s_{n-1}) (and rho(x)).
+    Hidden layers carry the rho'(s_n) factor, the output layer does not (as coded by the authors,
+    spec 9.1.3).  States clamped to [0,1] unless --no-clamp."""
+
+    prototypical = False
 
     def phi(self, t):
         return self.rho(t)
@@ -362,8 +317,9 @@ class EPcont(_LayeredFC):
 
 
 class EPdisc(_LayeredFC):
-    """Prototypical setting (P): s_n <- rho(W s_{n+1} + W^T s_{n-1} + b_n) for dt = 1 (the paper's
-    discrete-time model).  No clamping; the raw input x drives the first layer."""
+    """Prototypical setting (P): s_n <- rho(W_{n,n+1} s_{n+1} + W_{n-1,n}^T s_{n-1} + b_n) for dt = 1
+    (the paper's discrete-time model); an explicit dt makes it leaky.  No clamping; the raw input x
+    drives the last layer."""
 
     prototypical = True
 
@@ -377,57 +333,12 @@ class EPdisc(_LayeredFC):
     def settle(self, s_n, h, n):
         return -s_n + self.rho(h)
 
-    @torch.no_grad()
     def bptt_grads(self, x, y, K=None):
-        """Truncated BPTT through the last K transitions by a hand-written adjoint: the same
-        gradients as autograd through `step` (a test holds them to round-off), but the weight
-        gradients of all K transitions come out of ONE GEMM per weight on the stacked steps
-        instead of K small ones.  Returns (loss, s_0(T), grads aligned with P)."""
-        if not self.fast:  # the reference path: autograd
-            with torch.enable_grad():
-                return super().bptt_grads(x, y, K)
-        K = self.Kmax if K is None else K
-        P, N, dt, B = self.param_list(), self.ns, self.dt, x.shape[0]
-        s = self.free_phase(x, T=self.T - K, P=P)
-        dx, Wt = self.drive(x, P)
-        S = [[t] for t in s[:N]]  # S[n][t] = s_n at window step t = 0..K
-        H = [[] for _ in range(N)]  # H[n][t] = pre-activation of layer n in transition t
-        for t in range(K):
-            for n in range(N):
-                h = dx if n == N - 1 else torch.addmm(P[2 * n + 1], S[n + 1][t], Wt[n])
-                if n > 0:
-                    h = torch.addmm(h, S[n - 1][t], P[2 * n - 2])
-                H[n].append(h)
-            for n in range(N):
-                r = self.rho(H[n][t])
-                S[n].append(r if dt == 1.0 else (1.0 - dt) * S[n][t] + dt * r)
-        loss = 0.5 * ((S[0][K] - y) ** 2).sum() / B
-        lam = [torch.zeros_like(S[n][K]) for n in range(N)]  # dL/ds(t+1)
-        lam[0] = (S[0][K] - y) / B
-        G = [[None] * K for _ in range(N)]  # dL/dh_n in transition t
-        for t in reversed(range(K)):
-            for n in range(N):
-                r = S[n][t + 1] if dt == 1.0 else self.rho(H[n][t])
-                G[n][t] = dt * lam[n] * self.act.rhop_into(H[n][t], r, torch.empty_like(r))
-            new = []
-            for n in range(N):
-                l = (1.0 - dt) * lam[n]
-                if n > 0:  # h_{n-1} = s_n W_{n-1}^T + ...
-                    l = torch.addmm(l, G[n - 1][t], P[2 * n - 2])
-                if n < N - 1:  # h_{n+1} = ... + s_n W_n
-                    l = torch.addmm(l, G[n + 1][t], Wt[n])
-                new.append(l)
-            lam = new
-        Gc = [torch.cat(G[n]) for n in range(N)]
-        Sc = [torch.cat(S[n][:K]) for n in range(N)]
-        grads = []
-        for n in range(N):
-            if n < N - 1:
-                dW = torch.addmm(Gc[n].t() @ Sc[n + 1], Sc[n].t(), Gc[n + 1])
-            else:  # the static input: sum the K steps first, then one product with x
-                dW = sum(G[n]).t() @ x
-            grads += [dW, Gc[n].sum(0)]
-        return loss, S[0][K], grads
+        """Autograd on the plain path; on the fast path a hand-written adjoint (fastpath.py) that
+        gives the same gradients with one GEMM per weight over the K steps."""
+        if not self.fast:
+            return super().bptt_grads(x, y, K)
+        return fastpath.epdisc_bptt_grads(self, x, y, self.Kmax if K is None else K)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -457,12 +368,13 @@ class toyEPcont(EPNet):
         return [self._zeros(B, self.size_tab[0]), self._zeros(B, self.size_tab[1])]
 
     def drive(self, x, P):
+        """The input terms rho(x) C^T + c + a: (B, 10) and rho(x) D^T + e: (B, 50)."""
         A, a, C, c, D, e = P
         rx = self.rho(x)
         return torch.addmm(c + a, rx, C.t()), torch.addmm(e, rx, D.t())
 
     def step(self, s, d, P, y=None, beta=0.0):
-        A = P[0]
+        A = P[0]  # (10, 50)
         r0, r1 = self.rho(s[0]), self.rho(s[1])
         g0 = -s[0] + self.rhop(s[0]) * (r1 @ A.t() + d[0])
         if beta:
@@ -474,6 +386,7 @@ class toyEPcont(EPNet):
         return out
 
     def hebbian(self, x, s):
+        """-dE/dtheta: rho(s_0)^T rho(s_1), rho(s_0)^T rho(x), rho(s_1)^T rho(x) and the bias terms."""
         r0, r1, rx = self.rho(s[0]), self.rho(s[1]), self.rho(x)
         return [r0.t() @ r1, r0.sum(0), r0.t() @ rx, r0.sum(0), r1.t() @ rx, r1.sum(0)]
 
@@ -499,12 +412,13 @@ def conv_geometry(C_tab, size_tab, Fconv=5, Fpool=2, padding=False, in_size=28):
 
 class convEP(EPNet):
     """Convolutional prototypical net (always step size 1).  For --C_tab 64 32 1 --size_tab 10:
-    x (1x28x28) -conv_1-> pool -> s_2 (32x12x12) -conv_0-> pool -> s_1 (64x4x4) -fc_0-> s_0 (10).
+    x (B,1,28,28) -conv_1-> pool -> s_2 (B,32,12,12) -conv_0-> pool -> s_1 (B,64,4,4) -fc_0-> s_0 (B,10).
 
     layers = [fc_0, ..., fc_{nc-1}, conv_0 (top), ..., conv_{nconv-1} (bottom)], the order of
-    --lr_tab.  A conv state is rho(pool(conv(state below)) + unpool-then-transposed-conv(state
-    above)), using the pooling indices computed in the same step; the state list carries, after
-    the neuron layers, the pooling indices of each conv state's last step (the EP update needs them).
+    --lr_tab.  A conv state is rho(P(conv(state below)) + convT(P^-1(state above))): P max-pools,
+    P^-1 unpools with the indices computed in the same step, convT is the transposed convolution
+    with the same kernel.  The state list carries, after the neuron layers, the pooling indices of
+    each conv state's last step (the EP update needs them).
     """
 
     prototypical = True
@@ -549,7 +463,7 @@ class convEP(EPNet):
     def step(self, s, d, P, y=None, beta=0.0):
         nc, nconv = self.nc, self.nconv
         out = []
-        for n in range(nc):  # classifier layers
+        for n in range(nc):  # classifier layers: s_n (B, d_n)
             below = s[n + 1].flatten(1)
             h = torch.addmm(P[2 * n + 1], below, P[2 * n].t())
             if n > 0:
@@ -586,16 +500,16 @@ class convEP(EPNet):
 
 # ------------------------------------------------------------------------------------------------
 
-def build_net(args, activation=None, fast=True):
-    """The class choice of the original: --toymodel, else --C_tab (conv), else --discrete, else EB."""
-    act = activation or get_activation(args.activation_function)
-    common = dict(T=args.T, Kmax=args.Kmax, beta=args.beta, dt=args.dt, lr_tab=args.lr_tab,
-                  activation=act, clamp=not args.no_clamp, fast=fast)
-    if args.toymodel:
-        return toyEPcont(args.size_tab, **common)
-    if args.C_tab:
-        return convEP(args.size_tab, args.C_tab, Fconv=args.Fconv, Fpool=args.Fpool,
-                      padding=bool(args.padding), **common)
-    if args.discrete:
-        return EPdisc(args.size_tab, **common)
-    return EPcont(args.size_tab, **common)
+def build_net(cfg, fast=True):
+    """The class choice of the original: --toymodel, else --C_tab (conv), else --discrete, else EB.
+    cfg: a config.Config (or anything with its attributes)."""
+    common = dict(T=cfg.T, Kmax=cfg.Kmax, beta=cfg.beta, dt=cfg.dt, lr_tab=cfg.lr_tab,
+                  activation=get_activation(cfg.activation_function), clamp=not cfg.no_clamp, fast=fast)
+    if cfg.toymodel:
+        return toyEPcont(cfg.size_tab, **common)
+    if cfg.C_tab:
+        return convEP(cfg.size_tab, cfg.C_tab, Fconv=cfg.Fconv, Fpool=cfg.Fpool,
+                      padding=bool(cfg.padding), **common)
+    if cfg.discrete:
+        return EPdisc(cfg.size_tab, **common)
+    return EPcont(cfg.size_tab, **common)

@@ -205,7 +205,8 @@ def test_benchmark_result_folder(p1h_pair):
 
     # checkpoint.pt: plain tensors and containers only
     ck = torch.load(trial / "checkpoint.pt", weights_only=True, map_location="cpu")
-    assert {"epoch", "net", "net_bptt", "results", "rng"} <= set(ck), set(ck)
+    # no RNG states: training draws no random numbers (the data order is a function of seed and epoch)
+    assert set(ck) == {"epoch", "net", "net_bptt", "results"}, set(ck)
     assert ck["epoch"] == 1
     assert ck["net"].keys() == ck["net_bptt"].keys() and len(ck["net"]) > 0
     for k in ck["net"]:

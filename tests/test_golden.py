@@ -137,8 +137,8 @@ def test_bptt_gradients_and_step(g):
 
 def test_gdu_processes(g):
     net, x, y = g.net(), g.t("in_x"), g.t("in_y")
-    nS, dS, DT, seq = nf.compute_nSdSDT(net, x, y)
-    NT = nf.compute_NT(net, x, y)
+    nS, dS, NT, DT = nf.compute_nSdSDT(net, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(nf.compute_NT(net, x, y), NT))
     g.check(per_layer("nS", nS), "nS")
     g.check(per_layer("dS", dS), "dS")
     g.check(per_layer("NT", NT), "NT")

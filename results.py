@@ -1,0 +1,135 @@
+"""Result folders and the files in them (spec 5.7-5.9): createPath, hyperparameters.txt,
+config.json, results.json, checkpoint.pt, curves.npz.  Every file is written through one atomic
+helper, so an interrupted run never leaves a half-written file."""
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def atomic_write(path, write):
+    """write(f) fills a temporary binary file beside `path`; it is synced, then renamed over path."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def save_checkpoint(path, obj):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_curves(path, nS, dS, NT, DT):
+    """curves.npz: nS_n, dS_n, NT_l, DT_l as float arrays (no pickle); numpy arrays or tensors."""
+    def np_(t):
+        return t.cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    arrs = {}
+    for n, (a, b) in enumerate(zip(nS, dS)):
+        arrs[f"nS_{n}"], arrs[f"dS_{n}"] = np_(a), np_(b)
+    for l, (a, b) in enumerate(zip(NT, DT)):
+        arrs[f"NT_{l}"], arrs[f"DT_{l}"] = np_(a), np_(b)
+    # uncompressed: gradients barely compress, and EB-3h holds ~1.5 GB
+    atomic_write(Path(path) / "curves.npz", lambda f: np.savez(f, **arrs))
+
+
+# ------------------------------------------------------------------------------------------------
+
+def model_name(cfg):
+    if cfg.toymodel:
+        return "ep_cont_toymodel"
+    if cfg.C_tab:
+        return "ep_conv"
+    return f"ep_{'disc' if cfg.discrete else 'cont'}_{len(cfg.size_tab) - 2}hidden"
+
+
+def device_tag(cfg):
+    return "cpu" if cfg.device_label < 0 else f"cuda{cfg.device_label}"
+
+
+def createPath(cfg, results_dir="results", date=None):
+    """results/<name>/<device>-<date>/Trial-<k>/ for train, results/<name>/Trial-<k>/ otherwise.
+    k = 1 + the largest existing trial number (correct past 9); a folder is never reused."""
+    name = model_name(cfg)
+    parent = Path(results_dir) / name
+    if cfg.action == "train":
+        parent = parent / f"{device_tag(cfg)}-{date or datetime.date.today().isoformat()}"
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        ks = [int(m.group(1)) for e in os.listdir(parent) if (m := re.fullmatch(r"Trial-(\d+)", e))]
+        path = parent / f"Trial-{max(ks, default=0) + 1}"
+        try:
+            path.mkdir()  # exclusive: two runs can never share a folder
+            break
+        except FileExistsError:
+            continue
+    shutil.copy(HERE / "plotFunctions.py", path / "plotFunctions.py")
+    return path, name
+
+
+def hyperparameter_text(name, cfg):
+    """hyperparameters.txt in the original's format."""
+    if cfg.action == "train":
+        head = f" TRAINING: list of hyperparameters ({name}, {device_tag(cfg)}-{datetime.date.today().isoformat()}) "
+    else:
+        head = f" NABLA-DELTA CURVES: list of hyperparameters ({name}) "
+    lines = [head, f"- T: {cfg.T}", f"- Kmax: {cfg.Kmax}", f"- beta: {cfg.beta:.3f}",
+             f"- batch size: {cfg.batch_size}", f"- activation function: {cfg.activation_function}"]
+    if cfg.action == "train":
+        lines += [f"- number of epochs: {cfg.epochs}", f"- learning rates: {cfg.lr_tab}"]
+    if not cfg.discrete or cfg.dt != 1.0:  # an explicit --dt with --discrete is recorded too
+        lines.append(f"- dt: {cfg.dt:.3f}")
+    if cfg.C_tab:
+        lines += [f"- channel sizes: {cfg.C_tab}", f"- classifier sizes: {cfg.size_tab}",
+                  f"- filter size: {cfg.Fconv}", f"- padded layers: {'yes !' if cfg.padding else 'no'}"]
+    else:
+        lines.append(f"- layer sizes: {cfg.size_tab}")
+    return "\n".join(lines) + "\n"
+
+
+def createHyperparameterfile(path, name, cfg):
+    atomic_write_text(Path(path) / "hyperparameters.txt", hyperparameter_text(name, cfg))
+
+
+def config_record(cfg, device, argv):
+    """config.json's content: every resolved setting, the seed, the command line, versions, device."""
+    import dataclasses
+    import torchvision
+    return dict(args=dataclasses.asdict(cfg), seed=cfg.seed, command=" ".join([Path(argv[0]).name] + argv[1:]),
+                versions=dict(python=platform.python_version(), torch=torch.__version__,
+                              torchvision=torchvision.__version__),
+                device=str(device), device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
+                                                 else platform.processor() or platform.machine()),
+                threads=torch.get_num_threads(),
+                started=datetime.datetime.now().isoformat(timespec="seconds"))
+
+
+def write_config(path, cfg, device, argv=None):
+    write_json(Path(path) / "config.json", config_record(cfg, device, sys.argv if argv is None else argv))
