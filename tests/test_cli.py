@@ -10,6 +10,7 @@ between runs that share this setting.
 """
 import concurrent.futures
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -109,7 +110,11 @@ def tmp_leftovers(root):
 
 
 def snapshot(root):
-    return {str(p.relative_to(root)) for p in Path(root).rglob("*")}
+    """Every path under root with the sha256 of its content (None for a folder): a bad run must
+    neither add, remove nor rewrite anything, not even a file's bytes."""
+    def digest(p):
+        return None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(root)): digest(p) for p in Path(root).rglob("*")}
 
 
 HAVE_MNIST = all((RAW / n).is_file() or (RAW / (n + ".gz")).is_file()
@@ -375,7 +380,8 @@ def test_bad_input_exits_2_with_one_line(cid, bad_runs):
     assert len(lines) == 1, f"{cmd}\nstderr has {len(lines)} lines:\n{p.stderr}"
     assert re.search(pattern, lines[0]), f"{cmd}\nmessage does not name {pattern!r}: {lines[0]}"
     assert not c["results"].exists(), f"{cmd}\nwrote {sorted(snapshot(c['results']))}"
-    assert c["after"] == c["before"], f"{cmd}\nnew paths: {sorted(c['after'] - c['before'])}"
+    changed = sorted(k for k in set(c["after"]) | set(c["before"]) if c["after"].get(k, 0) != c["before"].get(k, 0))
+    assert not changed, f"{cmd}\nadded, removed or rewritten: {changed}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -581,7 +587,7 @@ GDU = {
              "tanh", "--dt", 0.08, "--beta", 0.01, "--T", 300, "--Kmax", 10],
             "ep_cont_toymodel", 2, 3),
     "EPcont": (["--no-clamp", "--size_tab", 10, 32, 784, "--activation-function", "tanh", "--dt", 0.08,
-                "--beta", 0.01, "--T", 100, "--Kmax", 8, "--batch-size", 4, "--train-subset", 200],
+                "--beta", 0.01, "--T", 400, "--Kmax", 8, "--batch-size", 4, "--train-subset", 200],
                "ep_cont_1hidden", 2, 2),
     "EPdisc": (["--discrete", "--size_tab", 10, 32, 784, "--activation-function", "tanh", "--beta", 0.01,
                 "--T", 100, "--Kmax", 8, "--batch-size", 4, "--train-subset", 200],
@@ -616,6 +622,20 @@ def _gdu_folder(gdu_runs, kind, action):
     return folder
 
 
+# Measured with these settings and --seed 1 (torch 2.14, CPU): (max RMSE, min cos_total) per group
+# toy 0.003 / 1.000 everywhere; EPcont 0.081 / 0.999; EPdisc 0.098 / 0.998; convEP synapses
+# 0.039 / 1.000, neurons 0.52 / 0.73 (the conv layers' neurons lag in the prototypical conv net).
+GDU_FLOORS = {
+    "toy": {"neurons": (0.02, 0.99), "synapses": (0.02, 0.99)},
+    "EPcont": {"neurons": (0.25, 0.95), "synapses": (0.25, 0.95)},
+    "EPdisc": {"neurons": (0.3, 0.95), "synapses": (0.3, 0.95)},
+    "convEP": {"neurons": (1.0, 0.5), "synapses": (0.15, 0.95)},
+}
+# receipe, same sign (total) averaged over the 2 trials, per layer: toy 100 %; EPcont 99.8 / 99.7 %;
+# EPdisc 99.7 / 99.7 %; convEP 95.7 / 91.6 / 87.0 %
+RECEIPE_FLOOR = {"toy": 99.0, "EPcont": 95.0, "EPdisc": 95.0, "convEP": 80.0}
+
+
 @pytest.mark.mnist
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(GDU))
@@ -646,9 +666,10 @@ def test_plotcurves(kind, gdu_runs):
             assert np.isfinite(z[k]).all(), k
     for png in ("S.png", "T.png", "hist.png"):
         decodable_png(folder / png)
-    if kind == "toy":  # EP's updates match BPTT's gradients (measured: 1.000 for every layer)
-        cos = {k: v["cos_total"] for g in ("neurons", "synapses") for k, v in m[g].items()}
-        assert all(c > 0.99 for c in cos.values()), cos
+    # EP's updates match BPTT's gradients: quality floors per group, (max RMSE, min cos_total)
+    for group, (rmse_max, cos_min) in GDU_FLOORS[kind].items():
+        worst = {k: (v["rmse"], v["cos_total"]) for k, v in m[group].items()}
+        assert all(r < rmse_max and c > cos_min for r, c in worst.values()), (group, worst)
 
 
 @pytest.mark.mnist
@@ -664,6 +685,7 @@ def test_receipe(kind, gdu_runs):
         vals = rec[stat]["same_sign_total"]
         assert len(vals) == len(names), (stat, vals)
         assert all(0 <= v <= 100 for v in vals), (stat, vals)
+    assert min(rec["mean"]["same_sign_total"]) > RECEIPE_FLOOR[kind], rec["mean"]["same_sign_total"]
     decodable_png(folder / "receipe.png")
 
 

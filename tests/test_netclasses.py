@@ -759,10 +759,15 @@ def _sign_and_cos(net, x, y):
     return rows
 
 
-SEEDS = [0, 3, 4, 6, 8]
+SEEDS = range(16)  # every seed of a fixed range, none picked: the bounds are on quantiles
 
 
 def test_sign_agreement_epdisc():
+    """EP's summed update agrees with truncated BPTT in sign and direction on EPdisc (beta 0.01).
+    Measured over seeds 0-15 x 3 layers (torch 2.14, CPU, float64): sign agreement median 95.8 %,
+    10 % quantile 90.3 %, min 69.7 %; cosine median 0.988, 25 % quantile 0.975, min 0.36.  The tail
+    is seeds whose free phase has not converged in T = 200 steps (seed 2: last increment 1.3), where
+    the theorem's premise fails; hence quantile bounds, not a minimum."""
     rows = []
     for seed in SEEDS:
         torch.manual_seed(seed)
@@ -771,17 +776,17 @@ def test_sign_agreement_epdisc():
         g = torch.Generator().manual_seed(seed + 100)
         x = torch.rand(8, 16, generator=g, dtype=F64)
         y = F.one_hot(torch.randint(0, 10, (8,), generator=g), 10).to(F64)
-        assert max_increment(net, x, net.free_phase(x)) < 1e-5  # these seeds converge (<= 2.3e-6)
         rows.append(_sign_and_cos(net, x, y))
-    rows = np.array(rows)  # (seed, layer, [sign %, cos])
-    # measured per (seed, layer): sign 92.2-100 %, mean 96.1 %; cos 0.963-0.997, mean 0.985
-    assert rows[:, :, 0].mean() > 85, rows[:, :, 0]
-    assert rows[:, :, 0].min() > 75, rows[:, :, 0]
-    assert rows[:, :, 1].mean() > 0.9, rows[:, :, 1]
-    assert rows[:, :, 1].min() > 0.8, rows[:, :, 1]
+    sign, cos = np.array(rows)[:, :, 0], np.array(rows)[:, :, 1]  # (seed, layer)
+    assert np.median(sign) > 90 and np.quantile(sign, 0.1) > 80, sign
+    assert np.median(cos) > 0.95 and np.quantile(cos, 0.25) > 0.9, cos
 
 
 def test_sign_agreement_conv():
+    """The same on convEP (hardsigm, beta 0.01; every seed converges: last increment <= 2e-8).
+    Measured over seeds 0-15 x 3 layers: sign median 90.5 %, 25 % quantile 86.3 %, min 55 %; cosine
+    median 0.957, 25 % quantile 0.879, min 0.12.  The tail (e.g. seed 3): the nudge acts outside rho,
+    so on output units stuck at hardsigm = 0 EP moves where BPTT's gradient is 0."""
     rows = []
     for seed in SEEDS:
         torch.manual_seed(seed)
@@ -790,15 +795,10 @@ def test_sign_agreement_conv():
         g = torch.Generator().manual_seed(seed + 100)
         x = torch.rand(4, 1, 28, 28, generator=g, dtype=F64)
         y = F.one_hot(torch.randint(0, 10, (4,), generator=g), 10).to(F64)
-        assert max_increment(net, x, net.free_phase(x)) < 1e-10
         rows.append(_sign_and_cos(net, x, y))
-    rows = np.array(rows)
-    # measured per (seed, layer): sign 55-99 % (mean 85.5 %); cos 0.12-0.997 (mean 0.80, median 0.835).
-    # Seed 3 agrees poorly (55 %, cos 0.12 on conv_1): the nudge acts outside rho, so on output
-    # units stuck at hardsigm = 0 EP moves where BPTT's gradient is 0; hence mean/median, not min.
-    assert rows[:, :, 0].mean() > 75, rows[:, :, 0]
-    assert rows[:, :, 1].mean() > 0.6, rows[:, :, 1]
-    assert np.median(rows[:, :, 1]) > 0.7, rows[:, :, 1]
+    sign, cos = np.array(rows)[:, :, 0], np.array(rows)[:, :, 1]
+    assert np.median(sign) > 80 and np.quantile(sign, 0.25) > 75, sign
+    assert np.median(cos) > 0.85 and np.quantile(cos, 0.25) > 0.7, cos
 
 
 # ------------------------------------------------------------------------------------------------
