@@ -39,6 +39,7 @@ class Config:
     # others
     action: str = "train"
     device_label: int = -1
+    threads: int = None
     seed: int = None
     data_dir: str = "./data"
     results_dir: str = "./results"

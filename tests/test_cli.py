@@ -340,6 +340,23 @@ BAD = {
     "resume-corrupt-checkpoint": (lambda t: BASE + _corrupt_checkpoint(t), r"resume|checkpoint"),
     "device-label-0": (lambda t: BASE + ["--device-label", 0], r"device.label|CUDA"),
     "toymodel-train": (lambda t: TOY + ["--action", "train"], r"toymodel|train"),
+    # issue 8: every value checked before any work
+    "lr-negative": (lambda t: BASE + ["--lr_tab", -0.1, 0.05], r"lr_tab"),
+    "lr-nan": (lambda t: BASE + ["--lr_tab", "nan", 0.05], r"lr_tab"),
+    "lr-inf": (lambda t: BASE + ["--lr_tab", 0.1, "inf"], r"lr_tab"),
+    "beta-inf": (lambda t: BASE + ["--beta", "inf"], r"beta"),
+    "beta-nan": (lambda t: BASE + ["--beta", "nan"], r"beta"),
+    "dt-inf": (lambda t: BASE + ["--dt", "inf"], r"dt"),
+    "dt-beta-diverge": (lambda t: BASE + ["--discrete", "--beta", 1.5], r"dt.*beta|diverge"),
+    "dt-too-large": (lambda t: BASE + ["--dt", 2.5, "--beta", 0.1], r"dt"),
+    "batch-above-train-subset": (lambda t: BASE + ["--batch-size", 100000], r"batch-size.*20"),
+    "test-batch-above-test-subset": (lambda t: BASE + ["--test-batch-size", 50], r"test-batch-size.*20"),
+    "batch-above-mnist": (lambda t: BASE[:-7] + ["--quiet", "--batch-size", 70000], r"batch-size.*60000"),
+    "prefix-epoch": (lambda t: BASE + ["--epoch", 2], r"--epoch.*did you mean --epochs"),
+    "seed-negative": (lambda t: BASE + ["--seed", -1], r"seed"),
+    "device-label-minus-2": (lambda t: BASE + ["--device-label", -2], r"device.label"),
+    "padding-negative": (lambda t: BASE + ["--padding", -1], r"padding"),
+    "threads-0": (lambda t: BASE + ["--threads", 0], r"threads"),
 }
 
 

@@ -1,0 +1,190 @@
+"""The first hour of a new user (issue 8), as subprocess tests of main.py: resume never damages a
+result folder, Ctrl-C says the truth, help and start-up lines, figure failures, flag spellings."""
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_cli import (BASE, ENV, REPO, TIMEOUT, TOY, import_main, io_args, main_cmd, ok, run_main,
+                      snapshot)
+
+TINY = ["--preset", "P-1h", "--train-subset", 200, "--test-subset", 100, "--T", 8, "--Kmax", 3,
+        "--seed", 5, "--quiet"]
+
+
+def one_line_error(p, pattern):
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+def trial_of(results_dir):
+    (folder,) = list(results_dir.glob("*/*/Trial-*"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch run; each test works on a copy."""
+    root = tmp_path_factory.mktemp("finished")
+    ok(run_main(*TINY, "--epochs", 2, *io_args(root)))
+    return trial_of(root)
+
+
+@pytest.fixture
+def folder(finished, tmp_path):
+    import shutil
+    dst = tmp_path / "Trial-1"
+    shutil.copytree(finished, dst)
+    return dst
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("argv,pattern", [
+    (["--epochs", 0], r"--epochs must be >= 1"),
+    (["--epochs", 1], r"already done 2 epochs"),
+    (["--T", 5], r"--T would change the experiment \(the folder has 8\)"),
+    (["--lr_tab", 0.1, 0.1], r"--lr_tab would change the experiment \(the folder has 0.04 0.08\)"),
+    (["--preset", "P-2h"], r"--preset would change the experiment \(the folder has P-1h\)"),
+    (["--no-benchmark"], r"--benchmark would change"),
+    (["--seed", 6], r"--seed would change the experiment \(the folder has 5\)"),
+])
+def test_bad_resume_writes_nothing(folder, argv, pattern):
+    before = snapshot(folder)
+    p = run_main("--resume", folder, *argv)
+    assert p.returncode == 2, p.stderr
+    one_line_error(p, pattern)
+    assert snapshot(folder) == before  # not one byte rewritten: the folder still resumes
+    ok(run_main("--resume", folder, "--epochs", 3, "--quiet"))
+
+
+@pytest.mark.mnist
+def test_resume_accepts_and_records_runtime_flags(folder):
+    p = run_main("--resume", folder, "--epochs", 3, "--threads", 1, "--quiet", "--seed", 5,
+                 "--data-dir", REPO / "data")
+    ok(p)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["args"]["epochs"] == 3
+    last = cfg["resumed"][-1]
+    assert last["threads"] == 1 and last["epochs"] == 3 and last["quiet"] is True
+    assert json.loads((folder / "results.json").read_text())["epochs_done"] == 3
+    assert "number of epochs: 3" in (folder / "hyperparameters.txt").read_text()
+
+
+def _interrupt_when(argv, results_dir, ready):
+    """Start main.py, send SIGINT once ready(results_dir) is true; returns (exit code, stderr)."""
+    proc = subprocess.Popen(main_cmd(*argv, *io_args(results_dir)), cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not ready(results_dir):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        err = proc.stderr.read()
+        return proc.wait(60), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _epochs_done(results_dir):
+    for r in results_dir.glob("*/*/Trial-*/results.json"):
+        try:
+            return json.loads(r.read_text()).get("epochs_done", 0)
+        except ValueError:
+            return 0
+    return 0
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_ctrl_c_after_an_epoch_names_the_real_folder(tmp_path):
+    argv = ["--preset", "P-1h", "--train-subset", 3000, "--test-subset", 200, "--epochs", 50, "--seed", 1,
+            "--quiet"]
+    code, err = _interrupt_when(argv, tmp_path, lambda d: _epochs_done(d) >= 1)
+    folder = trial_of(tmp_path)
+    assert code == 130, err
+    line = one_line_error(subprocess.CompletedProcess([], code, "", err), r"--resume")
+    assert line.endswith(f"--resume {folder}"), line
+    ok(run_main("--resume", folder, "--epochs", _epochs_done(tmp_path) + 1, "--quiet"))
+
+
+@pytest.mark.mnist
+def test_ctrl_c_before_the_first_epoch_leaves_no_folder(tmp_path):
+    argv = ["--preset", "P-1h", "--train-subset", 20000, "--test-subset", 200, "--epochs", 1, "--seed", 1,
+            "--quiet"]
+    code, err = _interrupt_when(argv, tmp_path, lambda d: any(d.glob("*/*/Trial-*/config.json")))
+    assert code == 130, err
+    one_line_error(subprocess.CompletedProcess([], code, "", err), r"interrupted before .*removed")
+    assert not list(tmp_path.glob("*/*/Trial-*")), "an unresumable folder was left behind"
+
+
+def test_no_flags_points_at_presets():
+    p = subprocess.run([sys.executable, "main.py"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert p.returncode == 2
+    one_line_error(p, r"--preset.*--list-presets")
+
+
+def test_help_shows_defaults_help_texts_examples_and_presets():
+    p = run_main("--help")
+    ok(p)
+    h = p.stdout
+    entries = {e.split()[0]: " ".join(e.split()) for e in re.split(r"\n(?=  -)", h.split("options:")[1]) if e.strip()}
+    for flag, default in [("--T", "100"), ("--Kmax", "25"), ("--beta", "1.0"), ("--batch-size", "20"),
+                          ("--dt", "0.2"), ("--activation-function", "sigm")]:
+        assert f"(default: {default})" in entries[flag], entries[flag]
+    assert "--resume FOLDER" in h and "examples:" in h
+    cli = import_main()
+    for name in cli.PRESETS:
+        assert re.search(rf"^\s+{re.escape(name)}\s", h, re.M), name
+    parser = cli.make_parser()
+    undocumented = [a.option_strings[0] for a in parser._actions if not a.help]
+    assert not undocumented, undocumented
+
+
+def test_kebab_aliases_and_no_prefix_matching():
+    cli = import_main()
+    a = cli.parse_args(["--lr-tab", "0.1", "0.2", "--size-tab", "10", "64", "784", "--k-max", "7", "--c-tab",
+                        "4", "1", "--f-conv", "3", "--f-pool", "2"])
+    b = cli.parse_args(["--lr_tab", "0.1", "0.2", "--size_tab", "10", "64", "784", "--Kmax", "7", "--C_tab",
+                        "4", "1", "--Fconv", "3", "--Fpool", "2"])
+    assert a == b
+    with pytest.raises(cli.UsageError, match="did you mean --epochs"):
+        cli.parse_args(["--epoch", "3"])
+
+
+def test_seed_and_folder_printed_even_when_quiet(tmp_path):
+    p = run_main(*[a for a in TOY if a not in ("--seed", 0)] + ["--action", "plotcurves"], *io_args(tmp_path))
+    ok(p)
+    folder = next(tmp_path.glob("*/Trial-1"))
+    assert f"results in {folder}" in p.stdout
+    m = re.search(r"^seed (\d+) \(drawn", p.stdout, re.M)
+    assert m, p.stdout
+    assert json.loads((folder / "config.json").read_text())["seed"] == int(m.group(1))
+
+
+def test_figure_failure_is_an_error_for_plotcurves(tmp_path):
+    code = ("import sys, plotFunctions\n"
+            "def boom(*a, **k): raise RuntimeError('no\\nfonts')\n"
+            "plotFunctions.render = boom\n"
+            "import main\n"
+            "sys.exit(main.main(sys.argv[1:]))\n")
+    argv = [str(a) for a in TOY] + ["--action", "plotcurves"] + io_args(tmp_path)
+    p = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=ENV, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert p.returncode == 1, p.stderr
+    folder = next(tmp_path.glob("*/Trial-1"))
+    line = one_line_error(p, r"figures not rendered \(no fonts\)")
+    assert f"cd {folder} && python plotFunctions.py" in line
+    res = json.loads((folder / "results.json").read_text())  # the data is complete
+    assert res["metrics"]["synapses"] and (folder / "curves.npz").is_file()
