@@ -86,25 +86,108 @@ def test_data_dir_is_a_file(tmp_path):
         ensure_mnist(f, download=False, log=lambda m: None)
 
 
-def _shared_raw():
+# torchvision's .gz file name -> md5 (what the canonical .gz files must match)
+GZ_FILES = {name[:-3]: md5 for name, md5 in torchvision.datasets.MNIST.resources}
+PROJECT_RAW = Path(__file__).resolve().parents[1] / "data" / "MNIST" / "raw"
+
+
+def _md5(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _mnist_candidates():
+    """Where verified MNIST may be, in order: EP_SHARED_MNIST, ../shared (beside the clone), the
+    project's own ./data/MNIST/raw (what `make data` fills: a clone without ../shared has it)."""
     env = os.environ.get("EP_SHARED_MNIST")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/MNIST/raw"
+    shared = Path(__file__).resolve().parents[2] / "shared/data/MNIST/raw"
+    return ([Path(env)] if env else []) + [shared, PROJECT_RAW]
+
+
+def find_verified_mnist(candidates, gz_md5=GZ_FILES, idx_md5=MNIST_FILES):
+    """First folder holding all four files of one form with the right MD5s: the .gz files
+    (torchvision's MD5s, preferred: they also exercise the extraction) or the uncompressed IDX
+    files (MNIST_FILES' MD5s).  Returns (folder, suffix) with suffix ".gz" or "", or
+    (None, why) where why says what each candidate lacked."""
+    why = []
+    for folder in candidates:
+        if not folder.is_dir():
+            why.append(f"{folder}: no such folder")
+            continue
+        for suffix, table in ((".gz", gz_md5), ("", idx_md5)):
+            paths = {folder / (n + suffix): md5 for n, md5 in table.items()}
+            missing = [p.name for p in paths if not p.is_file()]
+            bad = [p.name for p, md5 in paths.items() if p.is_file() and _md5(p) != md5]
+            if not missing and not bad:
+                return folder, suffix
+            why.append(f"{folder}: {'missing ' + ', '.join(missing) if missing else 'bad md5 ' + ', '.join(bad)}"
+                       f" ({'.gz' if suffix else 'IDX'})")
+    return None, "; ".join(why)
+
+
+def _write_forms(folder, gz=True, idx=True):
+    """Synthetic MNIST-named files in both forms, and their digest tables."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_idx(folder, "train", [3, 1, 4, 1, 5, 9, 2])
+    _write_idx(folder, "t10k", [0, 6, 7, 8, 9])
+    for name in MNIST_FILES:
+        if gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress((folder / name).read_bytes(), mtime=0))
+    tables = ({n: _md5(folder / (n + ".gz")) for n in MNIST_FILES} if gz else {},
+              {n: _md5(folder / n) for n in MNIST_FILES})
+    if not idx:
+        for name in MNIST_FILES:
+            (folder / name).unlink()
+    return tables
+
+
+def test_find_verified_mnist_chooses_the_first_verified_folder(tmp_path):
+    gz_md5, idx_md5 = _write_forms(tmp_path / "good")
+    corrupt = tmp_path / "corrupt"
+    _write_forms(corrupt)
+    with open(corrupt / "t10k-labels-idx1-ubyte.gz", "r+b") as f:  # one flipped byte, both forms
+        f.seek(-1, 2)
+        f.write(b"\xff")
+    (corrupt / "t10k-labels-idx1-ubyte").write_bytes(b"garbage")
+    folders = [tmp_path / "absent", corrupt, tmp_path / "good"]
+    assert find_verified_mnist(folders, gz_md5, idx_md5) == (tmp_path / "good", ".gz")
+    found, why = find_verified_mnist(folders[:2], gz_md5, idx_md5)
+    assert found is None and "t10k-labels-idx1-ubyte" in why and "absent" in why
+
+
+def test_find_verified_mnist_takes_uncompressed_files(tmp_path):
+    """A project data folder filled by the npm mirror has only the IDX files."""
+    _, idx_md5 = _write_forms(tmp_path / "idx", gz=False)
+    gz_md5, _ = _write_forms(tmp_path / "ref")  # the .gz digests of the same content
+    assert find_verified_mnist([tmp_path / "idx"], gz_md5, idx_md5) == (tmp_path / "idx", "")
+    (tmp_path / "idx" / "train-images-idx3-ubyte").write_bytes(b"garbage")
+    assert find_verified_mnist([tmp_path / "idx"], gz_md5, idx_md5)[0] is None
+
+
+def test_mnist_candidates_order(monkeypatch, tmp_path):
+    monkeypatch.delenv("EP_SHARED_MNIST", raising=False)
+    shared = Path(__file__).resolve().parents[2] / "shared/data/MNIST/raw"
+    assert _mnist_candidates() == [shared, PROJECT_RAW]
+    monkeypatch.setenv("EP_SHARED_MNIST", str(tmp_path))
+    assert _mnist_candidates() == [tmp_path, shared, PROJECT_RAW]
 
 
 @pytest.mark.mnist
 def test_real_mnist(tmp_path, monkeypatch):
-    src = _shared_raw()
-    gz = [src / (name + ".gz") for name in MNIST_FILES]
-    if not all(p.is_file() for p in gz):
-        msg = f"canonical MNIST .gz files not found in {src}"
+    src, suffix = find_verified_mnist(_mnist_candidates())
+    if src is None:
+        msg = f"no verified MNIST files found: {suffix}"
         if os.environ.get("CI"):
             pytest.fail(msg)  # CI must provide them: a skip would hide a broken setup
         pytest.skip(msg)
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for p in gz:  # copy: the shared folder is read-only, never extract in place
-        shutil.copy(p, raw)
-    # the .gz path must not touch the network
+    for name in MNIST_FILES:  # copy: never extract into (or otherwise touch) the source folder
+        shutil.copy(src / (name + suffix), raw)
+    # loading local files must not touch the network
     monkeypatch.setattr(torchvision.datasets.MNIST, "download",
                         lambda self: pytest.fail("network used"))
     Xtr, Ytr = load_mnist(tmp_path, train=True, download=False, log=lambda m: None)
@@ -117,8 +200,9 @@ def test_real_mnist(tmp_path, monkeypatch):
     assert abs(Xtr.mean().item() - 0.1307) < 1e-3
     assert Xtr.min() == 0 and Xtr.max() == 1
     for name, md5 in MNIST_FILES.items():
-        assert hashlib.md5((raw / name).read_bytes()).hexdigest() == md5
-        assert gzip.decompress((raw / (name + ".gz")).read_bytes()) == (raw / name).read_bytes()
+        assert _md5(raw / name) == md5
+        if suffix:  # the extraction step produced exactly the decompressed .gz
+            assert gzip.decompress((raw / (name + ".gz")).read_bytes()) == (raw / name).read_bytes()
 
 
 @pytest.mark.network
