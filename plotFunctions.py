@@ -4,7 +4,8 @@ Backprop Through Time in an RNN with Static Input" (Ernoult et al., 2019).
 Usage:  python plotFunctions.py [FOLDER] [--show]
 
 Reads FOLDER/results.json (and curves.npz for action "plotcurves") and writes
-error.png | S.png, T.png, hist.png | receipe.png into FOLDER.
+error.png | S.png, T.png, hist.png | receipe.png into FOLDER.  --show also opens
+them, where a display exists; elsewhere it says so in one line (exit 0).
 
 Only numpy, matplotlib and the stdlib are imported (never torch), so figures of
 a finished run can be redrawn on any machine. Conventions of the paper:
@@ -347,6 +348,30 @@ def plot_receipe(layer_names, mean, std, title="", trials=None):
 
 
 # ---------------------------------------------------------------------- driver
+def _non_interactive_backends():
+    try:  # matplotlib >= 3.9
+        from matplotlib.backends import BackendFilter, backend_registry
+        return set(backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE))
+    except ImportError:
+        from matplotlib import rcsetup
+        return {b.lower() for b in rcsetup.non_interactive_bk}
+
+
+def display_problem():
+    """Why figures cannot be shown on this machine, or None if they can.
+
+    Without a display (Linux: neither DISPLAY nor WAYLAND_DISPLAY) matplotlib
+    falls back to Agg, and with Agg (or any non-interactive backend) plt.show()
+    returns at once having shown nothing: the user must be told instead."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display: DISPLAY and WAYLAND_DISPLAY are unset"
+    backend = matplotlib.get_backend()
+    if backend.lower() in _non_interactive_backends():
+        return f"matplotlib's backend {backend} is non-interactive"
+    return None
+
+
 def render(folder, show=False):
     """Draw the figures of FOLDER/results.json; returns the written PNG paths.
 
@@ -401,15 +426,20 @@ def main(argv=None):
     parser.add_argument("folder", nargs="?", default=".", help="result folder (default: .)")
     parser.add_argument("--show", action="store_true", help="also open the figures")
     args = parser.parse_args(argv)
-    if not args.show:
+    why_not = display_problem() if args.show else None
+    show = args.show and why_not is None
+    if not show:
         matplotlib.use("Agg")
     try:
-        for p in render(args.folder, show=args.show):
+        for p in render(args.folder, show=show):
             print(p)
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         msg = str(e).replace("\n", " ")
         print(f"plotFunctions: error: {type(e).__name__}: {msg}", file=sys.stderr)
         return 2
+    if why_not:  # the PNGs are the result: --show was only a wish, not a failure
+        print(f"plotFunctions: cannot show the figures here ({why_not}); "
+              f"the PNGs are saved in {os.path.abspath(args.folder)}", file=sys.stderr)
     return 0
 
 

@@ -96,13 +96,13 @@ def test_compute_Hist_uses_cumulated_synapses():
 
 
 # ---------------------------------------------------------- end-to-end
-def _run(folder):
-    code = ("import sys, runpy; sys.argv = ['plotFunctions.py', sys.argv[1]]; "
+def _run(folder, *args, env=None):
+    code = ("import sys, runpy; sys.argv = ['plotFunctions.py'] + sys.argv[1:]; "
             f"rc = 0\ntry:\n    runpy.run_path({SCRIPT!r}, run_name='__main__')\n"
             "except SystemExit as e:\n    rc = e.code\n"
             "assert 'torch' not in sys.modules, 'torch imported'\nsys.exit(rc)")
-    return subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True,
-                          text=True, cwd=str(folder), timeout=300)
+    return subprocess.run([sys.executable, "-c", code, str(folder), *args], capture_output=True,
+                          text=True, cwd=str(folder), timeout=300, env=env)
 
 
 def _check_pngs(folder, names):
@@ -182,6 +182,49 @@ def test_render_returns_paths(tmp_path):
     _curves_folder(tmp_path, conv=False)
     paths = pf.render(str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == ["S.png", "T.png", "hist.png"]
+
+
+def _env_without(*names, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(extra)
+    return env
+
+
+HEADLESS = {  # the two ways figures cannot be shown: no display at all, or a non-interactive backend
+    "no-display": _env_without("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"),
+    "agg-backend": _env_without("WAYLAND_DISPLAY", DISPLAY=":99", MPLBACKEND="agg"),
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DISPLAY/WAYLAND_DISPLAY are Linux's")
+@pytest.mark.parametrize("case", sorted(HEADLESS))
+def test_show_without_display_says_so_and_saves(tmp_path, case):
+    _curves_folder(tmp_path, conv=False)
+    r = _run(tmp_path, "--show", env=HEADLESS[case])
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("plotFunctions: cannot show the figures here")
+    assert ("DISPLAY" if case == "no-display" else "agg") in lines[0]
+    assert lines[0].endswith(f"the PNGs are saved in {tmp_path}")
+    _check_pngs(tmp_path, ["S.png", "T.png", "hist.png"])
+    assert sorted(os.path.basename(p) for p in r.stdout.split()) == ["S.png", "T.png", "hist.png"]
+
+
+def test_display_problem(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert "DISPLAY" in pf.display_problem()
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    monkeypatch.setattr(pf.matplotlib, "get_backend", lambda: "TkAgg")
+    assert pf.display_problem() is None  # a display and an interactive backend: show
+    monkeypatch.setattr(pf.matplotlib, "get_backend", lambda: "agg")
+    assert "non-interactive" in pf.display_problem()
+    monkeypatch.setattr(sys, "platform", "darwin")  # no DISPLAY needed there, only the backend counts
+    monkeypatch.delenv("WAYLAND_DISPLAY")
+    monkeypatch.setattr(pf.matplotlib, "get_backend", lambda: "macosx")
+    assert pf.display_problem() is None
 
 
 @pytest.mark.parametrize("bad", ["missing", "action"])
