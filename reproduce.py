@@ -27,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from collections import deque
 from pathlib import Path
@@ -583,7 +584,8 @@ def make_row(preset, flags, method, sfx, seeds):
                epochs_target=max((c.target for c in per.values() if c.target is not None), default=None))
     row["complete"] = row["epochs_target"] is not None and min(row["epochs_done"]) >= row["epochs_target"]
     row["diverged"] = [s for s, c in per.items() if c.diverged]
-    row["stopped_by_divergence"] = [s for s, c in per.items() if c.stopped and not c.diverged]
+    row["stopped_by_divergence"] = [s for s, c in per.items() if c.stopped and not c.diverged
+                                    and (c.target is None or len(c.test) < c.target)]
     (row["final_test_error_mean"], row["final_test_error_std"]) = mean_std([c.test[-1] for c in with_numbers])
     (row["final_train_error_mean"], row["final_train_error_std"]) = mean_std([c.train[-1] for c in with_numbers if c.train])
     (row["best_test_error_mean"], row["best_test_error_std"]) = mean_std([min(c.test) for c in with_numbers])
@@ -641,8 +643,9 @@ def markdown(table):
         done = sorted(set(r["epochs_done"]))
         epochs = f"{'–'.join(map(str, (done[0], done[-1]) if len(done) > 1 else done))}/{r['epochs_target']}"
         notes = []
-        if not r["complete"]:
-            notes.append("unfinished: " + ", ".join(f"seed {s}: {e}" for s, e in zip(r["seeds"], r["epochs_done"])))
+        short = [f"seed {s} at {e}" for s, e in zip(r["seeds"], r["epochs_done"]) if e < (r["epochs_target"] or 0)]
+        if short:
+            notes.append("unfinished: " + ", ".join(short))
         if r["diverged"]:
             notes.append("diverged: seed " + ", ".join(map(str, r["diverged"])))
         if r["stopped_by_divergence"]:
@@ -656,50 +659,57 @@ def markdown(table):
                     f"{fmt(r['final_train_error_mean'], r['final_train_error_std'])} | {fmt(r['best_test_error_mean'])} | "
                     f"{fmt(r['paper_test_error_mean'], r['paper_test_error_std'])} | {secs} | {'; '.join(notes)} |")
     for p in table["pending"]:
-        head.append(f"\nNo finished epoch yet: {p['preset']} {show_flags(p['flags'])}, seeds {p['seeds']}.")
+        head.append(f"\nNo finished epoch yet: {p['preset']} (flags {show_flags(p['flags'])}), seeds {p['seeds']}.")
     return "\n".join(head) + "\n"
 
 
+def plot_panel(ax, preset, flags, rows):
+    """Test error per epoch for each method of one (preset, flags): mean over seeds ± 1 sample std,
+    and the paper's mean ± std at its final epoch (at the last epoch shown for shorter runs)."""
+    from matplotlib import ticker
+    colors = {"EP": "tab:blue", "BPTT": "tab:orange"}
+    last = max([len(r["test_error_curve_mean"]) for r in rows] + [1])
+    for i, r in enumerate(rows):
+        c = colors.get(r["method"], "tab:green")
+        mean = r["test_error_curve_mean"]  # empty when every seed diverged in its first epoch
+        std = [s or 0.0 for s in r["test_error_curve_std"]]
+        x = list(range(1, len(mean) + 1))
+        label = f"{r['method']} ({r['n_seeds']} seed{'s' * (r['n_seeds'] > 1)}"
+        label += f", {len(r['diverged'])} diverged)" if r["diverged"] else ")"
+        ax.plot(x, mean, "-o", ms=3, color=c, label=label)
+        ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=c, alpha=0.2, lw=0)
+        if r["paper_test_error_mean"] is not None:
+            px = min(r["paper_epochs"], last) + 0.04 * last * (i - (len(rows) - 1) / 2)  # side by side
+            ax.errorbar([px], [r["paper_test_error_mean"]], yerr=[r["paper_test_error_std"] or 0], fmt="*",
+                        ms=11, color=c, mec="black", capsize=3, label=f"paper {r['method']} ({r['paper_epochs']} ep.)")
+    ax.set_xlim(0.5, last + 0.5)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))  # labels 1, 2, 5, 10, 20, 50
+    ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("\n".join([preset] + textwrap.wrap(" ".join(flags), 60)), fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+
+
 def plot(table, path):
-    """One panel per (preset, flags): test error per epoch, mean over seeds ± 1 sample std, and the
-    paper's mean ± std at the paper's final epoch (or at the last epoch shown, if the runs are shorter)."""
+    """table1.png: a panel per (preset, flags)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import ticker
 
     panels = {}
     for r in table["rows"]:
         panels.setdefault((r["preset"], tuple(r["flags"])), []).append(r)
-    n = max(len(panels), 1)
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
-    colors = {"EP": "tab:blue", "BPTT": "tab:orange"}
-    for ax, ((preset, flags), rs) in zip(axes.flat, panels.items()):
-        for i, r in enumerate(rs):
-            c = colors.get(r["method"], "tab:green")
-            mean = r["test_error_curve_mean"]  # empty when every seed diverged in its first epoch
-            x = list(range(1, len(mean) + 1))
-            ax.plot(x, mean, "-o", ms=3, color=c, label=f"{r['method']} ({r['n_seeds']} seeds)")
-            std = [s if s is not None else 0.0 for s in r["test_error_curve_std"]]
-            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=c, alpha=0.2, lw=0)
-            if r["paper_test_error_mean"] is not None:
-                px = min(r["paper_epochs"], max(len(mean), 1)) + 0.06 * (i - (len(rs) - 1) / 2)  # side by side
-                ax.errorbar([px], [r["paper_test_error_mean"]], yerr=[r["paper_test_error_std"] or 0], fmt="*",
-                            ms=11, color=c, mec="black", capsize=3,
-                            label=f"paper {r['method']} ({r['paper_epochs']} ep.)")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test error (%)")
-        title = preset + (f"\n{' '.join(flags)}" if flags else "")
-        ax.set_title(title if len(title) < 90 else title[:87] + "...", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    cols = min(3, max(len(panels), 1))
+    nrows = math.ceil(max(len(panels), 1) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4 * nrows), squeeze=False)
+    for ax, ((preset, flags), rows) in zip(axes.flat, panels.items()):
+        plot_panel(ax, preset, flags, rows)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
