@@ -959,7 +959,7 @@ def run_sweep(args, sweep):
     if args.executor == "local":
         threads = args.threads_per_run or max(1, cores() // args.workers)
         workers = max(1, min(args.workers, cores() // threads, len(sweep.specs)))
-        if workers < args.workers:
+        if workers < min(args.workers, len(sweep.specs)):  # the cores, not the number of runs, limit it
             print(f"running {workers} at once ({cores()} cores, {threads} thread(s) per run)", flush=True)
         return finish(sweep.results_dir, run_local(sweep.specs, workers, threads))
     threads = args.threads_per_run or args.slurm_cpus
