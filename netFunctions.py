@@ -221,6 +221,8 @@ def train_run(cfg, net, net_bptt, data, path, name, title, ck=None, log=print):
 
     if ck is not None:
         results, start = ck["results"], ck["epoch"] + 1
+        # the checkpoint is written before results.json: a kill between the two is mended here
+        rs.write_json(Path(path) / "results.json", results)
     else:
         results = dict(action="train", model=name, title=title, method=cfg.training_method,
                        seed=cfg.seed, epochs_done=0, elapsed_time=0.0)
