@@ -79,8 +79,11 @@ def test_resume_accepts_and_records_runtime_flags(folder):
 
 def _interrupt_when(argv, results_dir, ready):
     """Start main.py, send SIGINT once ready(results_dir) is true; returns (exit code, stderr)."""
+    # a shell that runs us in the background ignores SIGINT, and children inherit that: restore the
+    # default, as in a terminal, so that Python turns SIGINT into KeyboardInterrupt
     proc = subprocess.Popen(main_cmd(*argv, *io_args(results_dir)), cwd=REPO, env=ENV, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + TIMEOUT
         while not ready(results_dir):
