@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 ACTIONS = ("train", "plotcurves", "receipe")
 METHODS = {"eqprop": "EP", "EP": "EP", "BPTT": "BPTT"}  # accepted spellings -> canonical
 ACTIVATION_NAMES = ("sigm", "hardsigm", "tanh")
+NUDGINGS = ("one-sided", "symmetric", "random-sign")  # the first is the paper's and the default
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Config:
     T: int = 100
     Kmax: int = 25
     beta: float = 1.0
+    nudging: str = "one-sided"
     activation_function: str = "sigm"
     no_clamp: bool = False
     toymodel: bool = False

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from config import ACTIONS, ACTIVATION_NAMES, FIELDS, METHODS, PRESETS, Config, paper_dt
+from config import ACTIONS, ACTIVATION_NAMES, FIELDS, METHODS, NUDGINGS, PRESETS, Config, paper_dt
 
 DEFAULTS = Config()
 N_TRAIN, N_TEST = 60000, 10000  # MNIST
@@ -92,6 +92,8 @@ def make_parser(suppress=False):
     a("--T", type=int, help="free-phase steps (also at evaluation)")
     a("--Kmax", "--k-max", type=int, help="nudged-phase steps = BPTT truncation = GDU curve length")
     a("--beta", type=float, help="nudging strength (> 0)")
+    a("--nudging", choices=NUDGINGS, help="one-sided: +beta (the paper's); symmetric: +beta and -beta phases, "
+      "update over 2 beta; random-sign: one phase, the sign of beta drawn per batch from the seed")
     a("--activation-function", choices=ACTIVATION_NAMES, help="rho: sigm (centred sigmoid), hardsigm, tanh")
     a("--no-clamp", action="store_true", help="EB: do not clamp states to [0,1]")
     a("--toymodel", action="store_true", help="the toy model of Fig. 2 (--size_tab out hidden in)")
@@ -249,7 +251,7 @@ def resolve_resume(args):
         raise UsageError(f"--resume {args.resume}: not a result folder (needs config.json and checkpoint.pt)")
     try:
         saved = json.loads(cfg_path.read_text())["args"]
-        if not isinstance(saved, dict) or not set(FIELDS) - {"threads"} <= set(saved):
+        if not isinstance(saved, dict) or not set(FIELDS) - {"threads", "nudging"} <= set(saved):
             raise TypeError
     except (ValueError, KeyError, TypeError, OSError):
         raise UsageError(f"--resume {args.resume}: config.json is not this program's")
@@ -258,8 +260,8 @@ def resolve_resume(args):
     given = [k for k in args.explicit if k not in RESUME_RUNTIME_FLAGS + RESUME_IGNORED_FLAGS]
     given.sort(key=lambda k: k != "preset")  # a preset is named as such, not by the first flag it sets
     for k in given:
-        if getattr(args, k) != saved.get(k):
-            stored = saved.get(k)
+        stored = saved.get(k, getattr(DEFAULTS, k))
+        if getattr(args, k) != stored:
             raise UsageError(f"--resume: {OPTION.get(k, '--' + k)} would change the experiment (the folder has "
                              f"{_flag_value(stored)}); only --epochs, --quiet, --device-label, --threads and "
                              f"--data-dir may be given with --resume")
@@ -360,7 +362,8 @@ def run(args, ck=None):
             plotcurves(args, net, Xtr, Ytr, device, path, name, title, log)
         else:
             batches = (sample_batch(args, Xtr, Ytr, t, device, net) for t in range(args.trials))
-            res = nf.receipe(net, batches, log=log)
+            signs = nf.nudge_signs(args.seed, 0, args.trials) if args.nudging == "random-sign" else None
+            res = nf.receipe(net, batches, log=log, nudging=args.nudging, signs=signs)
             res.update(action="receipe", model=name, title=title, seed=args.seed)
             rs.write_json(path / "receipe.json", res)
             rs.write_json(path / "results.json", res)
@@ -399,7 +402,8 @@ def plotcurves(args, net, X, Y, device, path, name, title, log):
     import results as rs
     x, y = sample_batch(args, X, Y, 0, device, net)
     t0 = time.perf_counter()
-    curves = [[t.cpu().numpy() for t in c] for c in nf.compute_nSdSDT(net, x, y)]
+    sign = nf.nudge_signs(args.seed, 0, 1)[0] if args.nudging == "random-sign" else 1
+    curves = [[t.cpu().numpy() for t in c] for c in nf.compute_nSdSDT(net, x, y, args.nudging, sign)]
     secs = time.perf_counter() - t0
     rs.save_curves(path, *curves)
     metrics = plotFunctions.gdu_metrics(*curves, net.neuron_names, net.synapse_names)

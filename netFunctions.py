@@ -22,16 +22,32 @@ class Divergence(RuntimeError):
 # ================================================================================================
 # Training and evaluation (spec 5.1, 5.2)
 
-def ep_batch(net, x, y):
-    """One EP update: T free steps, Kmax nudged steps (beta > 0), contrastive Hebbian update.
-    Everything without autograd; the static input drive is computed once.  Returns s_0 of the
-    free phase (the prediction) ."""
+def ep_batch(net, x, y, nudging="one-sided", sign=1):
+    """One EP update: T free steps, Kmax nudged steps, contrastive Hebbian update.  Everything
+    without autograd; the static input drive is computed once.  Returns s_0 of the free phase (the
+    prediction).  nudging (NUDGINGS): one-sided, the paper's: beta > 0, update
+    (1/beta)[dPhi(s^beta) - dPhi(s^0)]; random-sign: the same with beta * sign (sign = +-1, drawn per
+    batch by the caller); symmetric: nudged phases with +beta and -beta from the free state, update
+    (1/2beta)[dPhi(s^+beta) - dPhi(s^-beta)], whose O(beta) bias cancels (Laborieux et al. 2021)."""
     with torch.no_grad():
         ctx = net.context(x)
         seq = net.free_phase(x, ctx=ctx)
-        s = net.nudged_phase(x, seq, y, ctx=ctx)
-        net.ep_update(net.beta, x, s, seq)
+        if nudging == "symmetric":
+            s_plus = net.nudged_phase(x, seq, y, ctx=ctx)
+            s_minus = net.nudged_phase(x, seq, y, beta=-net.beta, ctx=ctx)
+            net.ep_update(2 * net.beta, x, s_plus, s_minus)
+        else:
+            beta = net.beta * sign
+            s = net.nudged_phase(x, seq, y, beta=beta, ctx=ctx)
+            net.ep_update(beta, x, s, seq)
     return seq[0]
+
+
+def nudge_signs(seed, epoch, n):
+    """random-sign nudging: the signs of an epoch's n batches, a function of (seed, epoch) only, so a
+    resumed run draws the same ones."""
+    g = torch.Generator().manual_seed((int(seed) * 100003 + int(epoch)) * 2 + 1)
+    return (torch.randint(0, 2, (n,), generator=g) * 2 - 1).tolist()
 
 
 def bptt_batch(net, x, y, K=None):
@@ -54,23 +70,23 @@ def epoch_order(n, seed, epoch):
     return torch.randperm(n, generator=g)
 
 
-def train(net, X, Y, method, batch_size, seed, epoch, quiet=False):
+def train(net, X, Y, method, batch_size, seed, epoch, quiet=False, nudging="one-sided"):
     """One epoch of online SGD (one update per mini-batch).  The training error is measured as the
     original does: on the fly, with each batch's prediction made before its update.
     Returns (train error %, mean batch loss, seconds)."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    update = ep_batch if method == "EP" else bptt_batch
     perm = epoch_order(X.shape[0], seed, epoch).to(X.device)
     nb = (X.shape[0] + batch_size - 1) // batch_size
+    signs = nudge_signs(seed, epoch, nb) if nudging == "random-sign" else [1] * nb
     wrong, seen, loss_sum = 0, 0, 0.0
     bar = tqdm(range(nb), desc=f"epoch {epoch} {method}", leave=False, dynamic_ncols=True,
                disable=quiet or not sys.stdout.isatty())
     for i in bar:
         idx = perm[i * batch_size:(i + 1) * batch_size]
         x, y = X[idx], Y[idx]
-        s0 = update(net, x, y)
+        s0 = ep_batch(net, x, y, nudging, signs[i]) if method == "EP" else bptt_batch(net, x, y)
         loss = batch_loss(s0, y)
         if not np.isfinite(loss):
             raise Divergence(f"diverged: epoch {epoch}, batch {i + 1}, method {method} (state is NaN/inf)")
@@ -133,14 +149,17 @@ def compute_NT(net, x, y, K=None, with_nS=False):
     return (NT, nS, s_T) if with_nS else NT
 
 
-def compute_dSDT(net, x, y, seq, beta=None, K=None):
+def compute_dSDT(net, x, y, seq, beta=None, K=None, nudging="one-sided", sign=1):
     """EP processes from the free state seq: K nudged steps; after step k,
     dS[n][k] = -(s_n(k+1) - s_n(k)) / (beta dt) (batch mean; 0 where a clamp hit 0 or 1), and
     DT[l][k] = -(1/(beta B)) [dPhi/dW(s^beta(k+1)) - dPhi/dW(s^0)], the cumulated EP update with its
     sign flipped so that it estimates +dL/dW.  dS is zeroed for k < n in layered nets, as the
-    original does (the nudge cannot have reached layer n yet)."""
+    original does (the nudge cannot have reached layer n yet).  random-sign uses beta * sign;
+    symmetric the same differences between the +beta and the -beta phases, over 2 beta."""
     K = net.Kmax if K is None else K
-    beta = net.beta if beta is None else beta
+    beta = (net.beta if beta is None else beta) * sign
+    if nudging == "symmetric":
+        return _symmetric_dSDT(net, x, y, seq, beta, K)
     B, L = x.shape[0], net.n_weight_layers
     P = net.param_list()
     with torch.no_grad():
@@ -165,21 +184,52 @@ def compute_dSDT(net, x, y, seq, beta=None, K=None):
     return dS, DT, s
 
 
-def compute_nSdSDT(net, x, y):
+@torch.no_grad()
+def _symmetric_dSDT(net, x, y, seq, beta, K):
+    """compute_dSDT for symmetric nudging: s^+beta and s^-beta, K steps each from seq; step k's
+    processes are the one-sided ones' differences between the two phases, over 2 beta."""
+    B, L, P = x.shape[0], net.n_weight_layers, net.param_list()
+
+    def trajectory(b):  # copies: on the fast path record sees reused buffers
+        out = [seq]
+        net.nudged_phase(x, seq, y, beta=b, K=K, P=P, record=lambda k, a, s_new: out.append(net.clone_state(s_new)))
+        return out
+
+    plus, minus = trajectory(beta), trajectory(-beta)
+    dS = [torch.zeros(K, *t.shape[1:], dtype=t.dtype, device=t.device) for t in net.neurons(seq)]
+    DT = [torch.zeros(K, *P[2 * l].shape, dtype=P[0].dtype, device=P[0].device) for l in range(L)]
+    for k in range(K):
+        for n in range(net.ns):
+            inc = (plus[k + 1][n] - plus[k][n]) - (minus[k + 1][n] - minus[k][n])
+            if net.clamp:
+                hit = (plus[k + 1][n] == 0) | (plus[k + 1][n] == 1) | (minus[k + 1][n] == 0) | (minus[k + 1][n] == 1)
+                inc = torch.where(hit, torch.zeros_like(inc), inc)
+            dS[n][k] = -inc.sum(0) / (2 * beta * net.dt * B)
+        Hp, Hm = net.hebbian(x, plus[k + 1]), net.hebbian(x, minus[k + 1])
+        for l in range(L):
+            DT[l][k] = -(Hp[2 * l] - Hm[2 * l]) / (2 * beta * B)
+    if net.layered:
+        for n in range(net.ns):
+            dS[n][:n] = 0
+    return dS, DT, plus[-1]
+
+
+def compute_nSdSDT(net, x, y, nudging="one-sided", sign=1):
     """All four GDU processes of one batch: nS, dS (neurons), NT, DT (synapses, cumulated); the
     BPTT ones from one pass (compute_NT), the EP ones from the same free state (compute_dSDT)."""
     NT, nS, seq = compute_NT(net, x, y, with_nS=True)
-    dS, DT, _ = compute_dSDT(net, x, y, seq)
+    dS, DT, _ = compute_dSDT(net, x, y, seq, nudging=nudging, sign=sign)
     return nS, dS, NT, DT
 
 
-def receipe(net, batches, log=print):
+def receipe(net, batches, log=print, nudging="one-sided", signs=None):
     """Sign agreement of EP (summed over Kmax nudged steps) and truncated BPTT (last Kmax
-    transitions), per weight layer, over the given batches (one trial each)."""
+    transitions), per weight layer, over the given batches (one trial each; signs: the random-sign
+    nudging's sign per trial)."""
     names = net.synapse_names
     per_trial = []
     for t, (x, y) in enumerate(batches):
-        _, _, NT, DT = compute_nSdSDT(net, x, y)
+        _, _, NT, DT = compute_nSdSDT(net, x, y, nudging, signs[t] if signs else 1)
         rows = [plotFunctions.sign_agreement(NT[l][-1].cpu().numpy(), DT[l][-1].cpu().numpy())
                 for l in range(len(names))]
         trial = {"same_sign_total": [a + z for a, z in rows], "same_sign": [a for a, _ in rows],
@@ -232,7 +282,8 @@ def train_run(cfg, net, net_bptt, data, path, name, title, ck=None, log=print):
     for epoch in range(start if ck is not None else 1, cfg.epochs + 1):
         for method, n, sfx in runs:
             try:
-                err, loss, secs = train(n, Xtr, Ytr, method, cfg.batch_size, cfg.seed, epoch, cfg.quiet)
+                err, loss, secs = train(n, Xtr, Ytr, method, cfg.batch_size, cfg.seed, epoch, cfg.quiet,
+                                        cfg.nudging)
             except Divergence as e:  # keep every finished (epoch, method) and say what happened
                 results["diverged"] = str(e)
                 rs.write_json(Path(path) / "results.json", results)

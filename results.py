@@ -63,11 +63,14 @@ def save_curves(path, nS, dS, NT, DT):
 # ------------------------------------------------------------------------------------------------
 
 def model_name(cfg):
+    """The original's names; a nudging other than the paper's one-sided is appended."""
     if cfg.toymodel:
-        return "ep_cont_toymodel"
-    if cfg.C_tab:
-        return "ep_conv"
-    return f"ep_{'disc' if cfg.discrete else 'cont'}_{len(cfg.size_tab) - 2}hidden"
+        name = "ep_cont_toymodel"
+    elif cfg.C_tab:
+        name = "ep_conv"
+    else:
+        name = f"ep_{'disc' if cfg.discrete else 'cont'}_{len(cfg.size_tab) - 2}hidden"
+    return name if cfg.nudging == "one-sided" else f"{name}_{cfg.nudging}"
 
 
 def device_tag(cfg):
@@ -111,6 +114,8 @@ def hyperparameter_text(name, cfg):
                   f"- filter size: {cfg.Fconv}", f"- padded layers: {'yes !' if cfg.padding else 'no'}"]
     else:
         lines.append(f"- layer sizes: {cfg.size_tab}")
+    if cfg.nudging != "one-sided":
+        lines.append(f"- nudging: {cfg.nudging}")
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +127,10 @@ def config_record(cfg, device, argv):
     """config.json's content: every resolved setting, the seed, the command line, versions, device."""
     import dataclasses
     import torchvision
-    return dict(args=dataclasses.asdict(cfg), seed=cfg.seed, command=" ".join([Path(argv[0]).name] + argv[1:]),
+    args = dataclasses.asdict(cfg)
+    if args["nudging"] == "one-sided":  # recorded only where it is not the paper's (the default)
+        del args["nudging"]
+    return dict(args=args, seed=cfg.seed, command=" ".join([Path(argv[0]).name] + argv[1:]),
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               torchvision=torchvision.__version__),
                 device=str(device), device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
