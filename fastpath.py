@@ -156,3 +156,70 @@ def epdisc_bptt_grads(net, x, y, K):
             dW = sum(G[n]).t() @ x
         grads += [dW, Gc[n].sum(0)]
     return loss, S[0][K], grads
+
+
+def _rhopp(act, u, r):
+    """rho''(u) given r = rho(u); 0 for hardsigm (autograd sees no gradient through its comparison)."""
+    if act.name == "sigm":  # rho' = 4 r (1 - r)  ->  rho'' = 4 rho' (1 - 2 r)
+        return 16.0 * r * (1.0 - r) * (1.0 - 2.0 * r)
+    if act.name == "tanh":  # rho' = 1 - r^2  ->  rho'' = -2 r rho'
+        return -2.0 * r * (1.0 - r * r)
+    return torch.zeros_like(u)
+
+
+@torch.no_grad()
+def epcont_bptt_grads(net, x, y, K):
+    """Truncated BPTT of EPcont through the last K transitions by a hand-written adjoint: the
+    gradients of autograd through net.step (tests hold them to round-off), with the weight gradients
+    of all K transitions from ONE GEMM per weight on the stacked steps.  A step is
+        u_n = (1 - dt) s_n + dt c_n,  c_0 = h_0,  c_n = rho'(s_n) h_n (n > 0),  s_n' = clamp(u_n, 0, 1),
+    h_n from a = rho(s) (net.pre), so its adjoint carries rho'' and the clamp's mask (torch's: the
+    gradient passes where 0 <= u <= 1).  Returns (loss, s_0(T), grads aligned with P)."""
+    P, N, dt, B, act = net.param_list(), net.ns, net.dt, x.shape[0], net.act
+    s = net.free_phase(x, T=net.T - K, P=P)
+    d = net.drive(x, P)
+    Wt = d[1]
+    S = [list(s[:N])]  # S[t][n] = s_n at window step t = 0..K: (B, d_n)
+    A, RP, H, M = [], [], [], []  # per transition t: rho(s), rho'(s), h, clamp mask
+    for t in range(K):
+        a = [net.rho(S[t][n]) for n in range(N)]
+        rp = [net.rhop(S[t][n]) for n in range(N)]
+        h = [net.pre(a, d, P, n) for n in range(N)]
+        u = [(1.0 - dt) * S[t][n] + dt * (h[n] if n == 0 else rp[n] * h[n]) for n in range(N)]
+        if net.clamp:
+            M.append([(v >= 0) & (v <= 1) for v in u])
+            u = [v.clamp(0.0, 1.0) for v in u]
+        A.append(a), RP.append(rp), H.append(h)
+        S.append(u)
+    loss = 0.5 * ((S[K][0] - y) ** 2).sum() / B
+    lam = [torch.zeros_like(S[K][n]) for n in range(N)]  # lam[n] = dL/ds_n(t+1)
+    lam[0] = (S[K][0] - y) / B
+    G = [[None] * K for _ in range(N)]  # G[n][t] = dL/dh_n in transition t
+    for t in reversed(range(K)):
+        mu = [lam[n] * M[t][n] if net.clamp else lam[n] for n in range(N)]  # dL/du_n
+        for n in range(N):
+            G[n][t] = dt * mu[n] if n == 0 else dt * mu[n] * RP[t][n]
+        new = []
+        for n in range(N):
+            l = (1.0 - dt) * mu[n]
+            if n > 0:  # through rho'(s_n) in c_n
+                l = l + dt * mu[n] * H[t][n] * _rhopp(act, S[t][n], A[t][n])
+            da = None  # dL/da_n, a_n = rho(s_n) feeds h_{n-1} (through W_{n-1}) and h_{n+1} (through W_n^T)
+            if n > 0:
+                da = G[n - 1][t] @ P[2 * n - 2]
+            if n < N - 1:
+                da = G[n + 1][t] @ Wt[n] if da is None else torch.addmm(da, G[n + 1][t], Wt[n])
+            if da is not None:
+                l = l + da * RP[t][n]
+            new.append(l)
+        lam = new
+    Gc = [torch.cat(G[n]) for n in range(N)]  # (K B, d_n)
+    Ac = [torch.cat([A[t][n] for t in range(K)]) for n in range(N)]
+    grads = []
+    for n in range(N):
+        if n < N - 1:
+            dW = torch.addmm(Gc[n].t() @ Ac[n + 1], Ac[n].t(), Gc[n + 1])
+        else:  # the static input: sum the K steps first, then one product with rho(x)
+            dW = sum(G[n]).t() @ net.phi(x)
+        grads += [dW, Gc[n].sum(0)]
+    return loss, S[K][0], grads

@@ -315,6 +315,12 @@ class EPcont(_LayeredFC):
     def settle(self, s_n, h, n):
         return -s_n + (h if n == 0 else self.rhop(s_n) * h)
 
+    def bptt_grads(self, x, y, K=None):
+        """Autograd on the plain path; on the fast path a hand-written adjoint (fastpath.py)."""
+        if not self.fast:
+            return super().bptt_grads(x, y, K)
+        return fastpath.epcont_bptt_grads(self, x, y, self.Kmax if K is None else K)
+
 
 class EPdisc(_LayeredFC):
     """Prototypical setting (P): s_n <- rho(W_{n,n+1} s_{n+1} + W_{n-1,n}^T s_{n-1} + b_n) for dt = 1

@@ -1132,3 +1132,31 @@ def test_random_sign_ep_batch_and_signs():
     signs = nf.nudge_signs(3, 2, 400)
     assert signs == nf.nudge_signs(3, 2, 400) and signs != nf.nudge_signs(3, 3, 400)  # (seed, epoch)
     assert set(signs) == {-1, 1} and 150 < signs.count(1) < 250
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigm", "hardsigm"])
+@pytest.mark.parametrize("clamp", [True, False])
+@pytest.mark.parametrize("dt,sizes", [(0.2, [10, 30, 16]), (0.5, [10, 20, 30, 25, 16])])
+def test_epcont_adjoint_equals_autograd(act, clamp, dt, sizes):
+    """EPcont's hand-written BPTT adjoint (rho'' terms, the clamp's mask) gives autograd's
+    truncated-BPTT loss, final output and gradients through `step`, to round-off (float64).
+    Weights x3 so that the clamp and hardsigm's kinks are hit."""
+    torch.manual_seed(1)
+    for K in (1, 5):
+        kw = dict(T=15, Kmax=K, beta=0.1, dt=dt, lr_tab=None, activation=act, clamp=clamp)
+        net, ref_net = nc.EPcont(sizes, **kw).double(), nc.EPcont(sizes, fast=False, **kw).double()
+        with torch.no_grad():
+            for p in net.param_list():
+                p.mul_(3.0)
+        ref_net.load_state_dict(net.state_dict())
+        x = torch.rand(5, 16, dtype=torch.float64)
+        y = torch.eye(10, dtype=torch.float64)[torch.arange(5) % 10]
+        loss, s0_ref, ref = ref_net.bptt_grads(x, y)
+        loss2, s0, got = net.bptt_grads(x, y)
+        assert float(loss2) == pytest.approx(float(loss), rel=1e-12)
+        assert torch.allclose(s0, s0_ref, rtol=0, atol=1e-13)
+        for a, b in zip(ref, got):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-13), (a - b).abs().max()
+        if clamp and K == 5:  # the clamp was active in the window
+            s = net.free_phase(x)
+            assert any(((t == 0) | (t == 1)).any() for t in net.neurons(s))
