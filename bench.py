@@ -16,8 +16,11 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,6 +31,7 @@ from netClasses import build_net, conv_geometry
 SETTINGS = TABLE1  # the paper's six Table-1 rows, as presets (config.py)
 QUICK = {"P-1h": dict(), "P-conv": dict(T=20, Kmax=4)}
 N_TRAIN, N_TEST, B = 60000, 10000, 20
+HERE = Path(__file__).resolve().parent
 
 
 def make_args(name, over=None, device_label=-1):
@@ -197,6 +201,48 @@ def bench_plotcurves(device, T=500):
     return dict(preset="fig3-P-1h", T=T, Kmax=10, seconds=timed(lambda: nf.compute_nSdSDT(net, x, y), device, 3))
 
 
+def _main_py(*flags, threads=None):
+    """A short P-1h EP training process (12 000 images) as main.py runs it."""
+    cmd = [sys.executable, "main.py", "--preset", "P-1h", "--epochs", "1", "--no-benchmark", "--quiet", "--seed", "1",
+           *map(str, flags)]
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return cmd, env
+
+
+def _wall(cmds, together):
+    """Wall seconds of running the commands one after another, or all at once."""
+    t0 = time.perf_counter()
+    if together:
+        procs = [subprocess.Popen(c, env=e, cwd=HERE, stdout=subprocess.DEVNULL) for c, e in cmds]
+        codes = [p.wait() for p in procs]
+    else:
+        codes = [subprocess.run(c, env=e, cwd=HERE, stdout=subprocess.DEVNULL).returncode for c, e in cmds]
+    if any(codes):
+        raise RuntimeError(f"main.py failed ({codes}); is MNIST in ./data?")
+    return time.perf_counter() - t0
+
+
+def bench_process(copies=3):
+    """Whole-process figures with real MNIST (./data): the start-up (a run on 20 images: imports, data,
+    nets, folder, figure), and the busy-machine case: `copies` P-1h runs (12 000 images) started
+    together against one after another, with torch's default threads and with --threads 1."""
+    with tempfile.TemporaryDirectory() as tmp:
+        io = ["--results-dir", tmp]
+        startup = min(_wall([_main_py("--train-subset", 20, "--test-subset", 20, *io)], False) for _ in range(3))
+        out = dict(startup_s=startup, copies=copies)
+        for label, threads in (("default_threads", None), ("one_thread", 1)):
+            cmds = [_main_py("--train-subset", 12000, "--test-subset", 1000, *io, threads=threads)] * copies
+            seq, par = _wall(cmds, False), _wall(cmds, True)
+            out[label] = dict(one_after_another_s=seq, together_s=par, ratio=par / seq)
+            print(f"{copies} P-1h runs (12 000 images), {label}: one after another {seq:.1f} s, together {par:.1f} s "
+                  f"(ratio {par / seq:.2f})", flush=True)
+    print(f"start-up (a run on 20 images, whole process): {startup:.2f} s", flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device-label", type=int, default=-1)
@@ -208,6 +254,8 @@ def main(argv=None):
                    help="time the plain reference path (no fast stepper, drive recomputed each step): the 'before'")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--levers", action="store_true", help="only the levers table (P-1h, P-2h EP)")
+    p.add_argument("--process", action="store_true",
+                   help="only the whole-process figures: start-up and the busy-machine case (needs MNIST in ./data)")
     a = p.parse_args(argv)
     if a.device_label >= 0 and not torch.cuda.is_available():
         print("bench.py: error: --device-label: CUDA is not available", file=sys.stderr)
@@ -220,6 +268,12 @@ def main(argv=None):
         rows = bench_levers(device)
         with open(a.out + ".tmp", "w") as f:
             json.dump(dict(torch=torch.__version__, threads=torch.get_num_threads(), levers=rows), f, indent=1)
+        os.replace(a.out + ".tmp", a.out)
+        return 0
+    if a.process:
+        res = bench_process()
+        with open(a.out + ".tmp", "w") as f:
+            json.dump(dict(torch=torch.__version__, cpus=os.cpu_count(), process=res), f, indent=1)
         os.replace(a.out + ".tmp", a.out)
         return 0
     todo = QUICK if a.quick else {k: None for k in (a.settings or SETTINGS)}
