@@ -105,7 +105,8 @@ def make_parser(suppress=False):
     # others
     a("--action", choices=ACTIONS, help="train, plotcurves (GDU processes) or receipe (sign agreement)")
     a("--device-label", type=int, help="-1 = CPU, N = cuda:N")
-    a("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    a("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS if set, else 1 for the "
+      "one-hidden-layer and toy nets, whose small products a second thread only slows, else torch's choice)")
     a("--seed", type=int, help="seeds torch, numpy, python and the data order (default: drawn and printed)")
     a("--data-dir", dflt=os.environ.get("EP_DATA_DIR", DEFAULTS.data_dir), metavar="DIR",
       help="MNIST root, <DIR>/MNIST/raw (env EP_DATA_DIR)")
@@ -319,8 +320,9 @@ def run(args, ck=None):
 
     log = print  # summary lines always print; --quiet silences the progress bar and the chatter
     chatter = log_fn(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = thread_count(args)
+    if threads:
+        torch.set_num_threads(threads)
     drawn = args.seed is None
     if drawn:
         args.seed = random.SystemRandom().randrange(2**31)
@@ -380,6 +382,20 @@ def run(args, ck=None):
             raise FigureError(msg)
         log(f"warning: {msg}")  # a training run's product is its numbers, already saved
     return 0
+
+
+def thread_count(cfg):
+    """The thread policy (README, Performance): --threads; else OMP_NUM_THREADS, which torch honours
+    (None: leave torch alone); else one thread for the small nets (one hidden layer, the toy), whose
+    10x512 products are overhead-bound, so that a second thread only adds synchronisation, and collapses
+    when other processes compete for the cores; else torch's default."""
+    if cfg.threads:
+        return cfg.threads
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    if cfg.kind == "toy" or (cfg.kind == "fc" and len(cfg.size_tab) == 3):
+        return 1
+    return None
 
 
 def interrupted(args, path, resumed):
