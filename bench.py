@@ -228,12 +228,12 @@ def _wall(cmds, together):
 def bench_process(copies=3):
     """Whole-process figures with real MNIST (./data): the start-up (a run on 20 images: imports, data,
     nets, folder, figure), and the busy-machine case: `copies` P-1h runs (12 000 images) started
-    together against one after another, with torch's default threads and with --threads 1."""
+    together against one after another, with main.py's default threads (its policy), 1 and 2."""
     with tempfile.TemporaryDirectory() as tmp:
         io = ["--results-dir", tmp]
         startup = min(_wall([_main_py("--train-subset", 20, "--test-subset", 20, *io)], False) for _ in range(3))
         out = dict(startup_s=startup, copies=copies)
-        for label, threads in (("default_threads", None), ("one_thread", 1)):
+        for label, threads in (("default_threads", None), ("one_thread", 1), ("two_threads", 2)):
             cmds = [_main_py("--train-subset", 12000, "--test-subset", 1000, *io, threads=threads)] * copies
             seq, par = _wall(cmds, False), _wall(cmds, True)
             out[label] = dict(one_after_another_s=seq, together_s=par, ratio=par / seq)

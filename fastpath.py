@@ -11,6 +11,7 @@ original's outputs (tests/test_golden.py).
 
 This module knows the networks only through their attributes (it imports nothing of this project).
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,8 @@ import torch
 @dataclass
 class LayeredContext:
     """What stays fixed during a batch, pre-scaled by a = dt (EB) or the activation's scale (P):
-    W[n] = a W_{n,n+1}: (d_n, d_{n+1}), Wt[n] its contiguous transpose, b[n] = a b_n (+ shift in P),
+    W[n] = a W_{n,n+1}: (d_n, d_{n+1}) for the hidden couplings n < N-1, Wt[n] its contiguous
+    transpose, b[n] = a b_n (+ shift in P),
     dx = the pre-scaled input drive (B, d_{N-1}); r, rp: scratch for rho(s_n), rho'(s_n)."""
     P: list
     x: torch.Tensor
@@ -34,12 +36,17 @@ class LayeredContext:
 @torch.no_grad()
 def layered_context(net, x, P):
     a, c = (net.dt, 0.0) if not net.prototypical else (net.act.scale, net.act.shift)
-    W = [a * P[2 * n] for n in range(net.ns)]
+    W = [a * P[2 * n] for n in range(net.ns - 1)]  # the hidden couplings; the input weights below
     b = [a * P[2 * n + 1] + c for n in range(net.ns)]
-    dx = torch.addmm(b[-1], net.phi(x), W[-1].t())
+    if math.frexp(a)[0] == 0.5:  # a power of two: alpha = a rounds exactly as pre-scaled weights would,
+        dx = torch.addmm(b[-1], net.phi(x), P[-2].t(), alpha=a)  # without copying the 512 x 784 matrix
+    else:
+        dx = torch.addmm(b[-1], net.phi(x), (a * P[-2]).t())
     r = [net._zeros(x.shape[0], d) for d in net.size_tab[:-1]]
-    # contiguous transposes: MKL's small-M GEMM is ~2x slower on a transposed view
-    return LayeredContext(P, x, W, [w.t().contiguous() for w in W], b, dx, r, [torch.empty_like(t) for t in r])
+    # contiguous transposes of the hidden couplings: MKL's small-M GEMM is ~2x slower on a transposed
+    # view (the input weights need none: only the drive uses them, once per batch)
+    Wt = [w.t().contiguous() for w in W]
+    return LayeredContext(P, x, W, Wt, b, dx, r, [torch.empty_like(t) for t in r])
 
 
 def _rho_into(act, u, out):
