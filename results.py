@@ -123,16 +123,25 @@ def createHyperparameterfile(path, name, cfg):
     atomic_write_text(Path(path) / "hyperparameters.txt", hyperparameter_text(name, cfg))
 
 
+def torchvision_version():
+    """torchvision.__version__ (with its local tag, e.g. +cu130) read from its version.py: importing
+    torchvision costs ~1 s of start-up, and nothing else in a run needs it."""
+    import importlib.util
+    spec = importlib.util.find_spec("torchvision")
+    path = Path(spec.submodule_search_locations[0]) / "version.py"
+    m = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", path.read_text(), re.M)
+    return m.group(1) if m else "unknown"
+
+
 def config_record(cfg, device, argv):
     """config.json's content: every resolved setting, the seed, the command line, versions, device."""
     import dataclasses
-    from importlib.metadata import version  # not `import torchvision`: ~1 s of start-up for a version string
     args = dataclasses.asdict(cfg)
     if args["nudging"] == "one-sided":  # recorded only where it is not the paper's (the default)
         del args["nudging"]
     return dict(args=args, seed=cfg.seed, command=" ".join([Path(argv[0]).name] + argv[1:]),
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
-                              torchvision=version("torchvision")),
+                              torchvision=torchvision_version()),
                 device=str(device), device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
                                                  else platform.processor() or platform.machine()),
                 threads=torch.get_num_threads(),
