@@ -86,13 +86,7 @@ def rel_err(a, b):
 ALL_KINDS = ["cont", "cont_noclamp", "disc", "toy", "conv"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only add overhead (and spin badly on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,16 +20,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "data"
-RAW = DATA / "MNIST" / "raw"
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
-ENV.pop("EP_DATA_DIR", None)
-TIMEOUT = 300
+from test_cli import DATA, ENV, HAVE_MNIST, RAW, REPO, load, ok  # noqa: E402  (one set of CLI test helpers)
 
-HAVE_MNIST = all((RAW / n).is_file() or (RAW / (n + ".gz")).is_file()
-                 for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+TIMEOUT = 300
 
 TINY = ["--epochs", 2, "--train-subset", 2000, "--test-subset", 100, "--T", 8, "--Kmax", 3]
 SWEEP = ["--presets", "P-1h", "EB-1h", "--seeds", 1, 2, *TINY]
@@ -61,16 +54,6 @@ def io_args(results_dir, *more):
 
 def run_repro(*args, cwd=None, env=ENV, timeout=TIMEOUT):
     return subprocess.run(cmd(*args), cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def load(path):
-    return json.loads(Path(path).read_text())
 
 
 def run_dirs(results_dir, preset, seed):
