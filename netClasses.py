@@ -32,13 +32,15 @@ import fastpath
 class Activation:
     """rho and its derivative rhop.  The speed layer also needs rho in the form
     rho(u) = prim(scale * u + shift) (so that the scale folds into pre-scaled weights), the in-place
-    prim_, and rhop_from_rho(u, r, out) = rho'(u) written into out given r = rho(u)."""
+    prim_, its out= form prim(u, out=...), and rhop_from_rho(u, r, out) = rho'(u) written into out
+    given r = rho(u)."""
     name: str
     rho: object
     rhop: object
     scale: float
     shift: float
     prim_: object
+    prim: object
     rhop_from_rho: object
 
 
@@ -64,11 +66,12 @@ def _tanhp(u):
 
 
 ACTIVATIONS = {
-    "sigm": Activation("sigm", _sigm, _sigmp, 4.0, -2.0, torch.Tensor.sigmoid_,
+    "sigm": Activation("sigm", _sigm, _sigmp, 4.0, -2.0, torch.Tensor.sigmoid_, torch.sigmoid,
                        lambda u, r, out: torch.addcmul(r, r, r, value=-1.0, out=out).mul_(4.0)),
     "hardsigm": Activation("hardsigm", _hardsigm, _hardsigmp, 1.0, 0.0, lambda t: t.clamp_(0.0, 1.0),
+                           lambda u, out: torch.clamp(u, 0.0, 1.0, out=out),
                            lambda u, r, out: torch.logical_and(u >= 0, u <= 1, out=out)),
-    "tanh": Activation("tanh", torch.tanh, _tanhp, 1.0, 0.0, torch.Tensor.tanh_,
+    "tanh": Activation("tanh", torch.tanh, _tanhp, 1.0, 0.0, torch.Tensor.tanh_, torch.tanh,
                        lambda u, r, out: torch.mul(r, r, out=out).neg_().add_(1.0)),
 }
 
@@ -173,11 +176,12 @@ class EPNet(nn.Module):
         return [(a - b) / (beta * B) for a, b in zip(self.hebbian(x, s), self.hebbian(x, seq))]
 
     @torch.no_grad()
-    def updateWeights(self, deltas):
-        """Plain SGD step theta += lr * delta, layer l at lr_tab[l] (weight and bias alike)."""
+    def updateWeights(self, deltas, sign=1.0):
+        """Plain SGD step theta += sign * lr * delta, layer l at lr_tab[l] (weight and bias alike);
+        sign = -1 descends along gradients without negating copies of them."""
         for l, m in enumerate(self.layers):
-            m.weight.add_(deltas[2 * l], alpha=self.lr_tab[l])
-            m.bias.add_(deltas[2 * l + 1], alpha=self.lr_tab[l])
+            m.weight.add_(deltas[2 * l], alpha=sign * self.lr_tab[l])
+            m.bias.add_(deltas[2 * l + 1], alpha=sign * self.lr_tab[l])
 
     @torch.no_grad()
     def ep_update(self, beta, x, s, seq):
@@ -247,16 +251,14 @@ class _LayeredFC(EPNet):
         return [self._zeros(B, d) for d in self.size_tab[:-1]]  # s_n: (B, d_n)
 
     def drive(self, x, P):
-        """What is static during a batch: the input drive phi(x) W_{N-1,x}^T + b_{N-1}, (B, d_{N-1}),
-        and contiguous transposes W_{n,n+1}^T of the hidden weights (MKL's small-M GEMM is ~2x slower
-        on a transposed view).  Differentiable, so the BPTT window uses it too."""
-        return torch.addmm(P[-1], self.phi(x), P[-2].t()), [P[2 * n].t().contiguous() for n in range(self.ns - 1)]
+        """What is static during a batch: the input drive phi(x) W_{N-1,x}^T + b_{N-1}: (B, d_{N-1}).
+        Differentiable, so the BPTT window uses it too."""
+        return torch.addmm(P[-1], self.phi(x), P[-2].t())
 
-    def pre(self, a, d, P, n):
+    def pre(self, a, dx, P, n):
         """What layer n receives, h_n = W_{n,n+1} a_{n+1} + b_n + W_{n-1,n}^T a_{n-1}: (B, d_n), from
-        the neighbours' outputs a = phi(s) (the last layer's bottom-up term is the static drive)."""
-        dx, Wt = d
-        h = dx if n == self.ns - 1 else torch.addmm(P[2 * n + 1], a[n + 1], Wt[n])  # bottom-up
+        the neighbours' outputs a = phi(s) (the last layer's bottom-up term is the static drive dx)."""
+        h = dx if n == self.ns - 1 else torch.addmm(P[2 * n + 1], a[n + 1], P[2 * n].t())  # bottom-up
         if n > 0:
             h = torch.addmm(h, a[n - 1], P[2 * n - 2])  # top-down, through W_{n-1,n}^T
         return h

@@ -55,7 +55,7 @@ def bptt_batch(net, x, y, K=None):
     free phase, loss (1/2B) sum ||s_0(T) - y||^2, SGD with the same per-layer rates as EP."""
     _, s0, grads = net.bptt_grads(x, y, K)  # autograd, or EPdisc's hand-written adjoint
     with torch.no_grad():
-        net.updateWeights([-g for g in grads])
+        net.updateWeights(grads, sign=-1.0)
     return s0
 
 
