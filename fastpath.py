@@ -22,13 +22,15 @@ import torch
 @dataclass
 class LayeredContext:
     """What stays fixed during a batch, pre-scaled by a = dt (EB) or the activation's scale (P):
-    W[n] = a W_{n,n+1}: (d_n, d_{n+1}) for the hidden couplings n < N-1, Wt[n] its contiguous
-    transpose (so both directions are a @ M^T products), b[n] = a b_n (+ shift in P),
+    for the hidden couplings n < N-1, both directions as a @ M^T products with M contiguous:
+    up[n] = (a W_{n,n+1})^T, a view (d_{n+1}, d_n), for h_n += a_{n+1} up[n]; down[n] = a W_{n,n+1},
+    a view (d_n, d_{n+1}) of a contiguous transpose, for h_{n+1} += a_n down[n] (views made once per
+    batch: a .t() per product costs ~1 us); b[n] = a b_n (+ shift in P),
     dx = the pre-scaled input drive (B, d_{N-1}); r, rp: scratch for rho(s_n), rho'(s_n)."""
     P: list
     x: torch.Tensor
-    W: list
-    Wt: list
+    up: list
+    down: list
     b: list
     dx: torch.Tensor
     r: list
@@ -45,8 +47,8 @@ def layered_context(net, x, P):
     else:
         dx = torch.addmm(b[-1], net.phi(x), (a * P[-2]).t())
     r = [net._zeros(x.shape[0], d) for d in net.size_tab[:-1]]
-    Wt = [w.t().contiguous() for w in W]  # the top-down direction as a @ (W^T)^T
-    return LayeredContext(P, x, W, Wt, b, dx, r, [torch.empty_like(t) for t in r])
+    up, down = [w.t() for w in W], [w.t().contiguous().t() for w in W]
+    return LayeredContext(P, x, up, down, b, dx, r, [torch.empty_like(t) for t in r])
 
 
 def _rho_into(act, u, out):
@@ -62,7 +64,7 @@ def layered_step(net, s, ctx, y, beta, out, pre=None):
     """One step of net.step(s, ...) written into the buffers `out` (never aliasing s).  pre (the
     prototypical net only): buffers that keep the scaled pre-activations u_n = a h_n + c, which the
     BPTT adjoint needs (rho(h_n) = prim(u_n))."""
-    N, W, b, dt, act = net.ns, ctx.W, ctx.b, net.dt, net.act
+    N, up, down, b, dt, act = net.ns, ctx.up, ctx.down, ctx.b, net.dt, net.act
     if net.prototypical:
         a = s
     else:  # neighbours are seen through rho; hidden layers need rho'(s) too
@@ -72,11 +74,11 @@ def layered_step(net, s, ctx, y, beta, out, pre=None):
     for n in range(N):
         u = out[n] if pre is None else pre[n]
         if n == N - 1:
-            torch.addmm(ctx.dx, a[n - 1], ctx.Wt[n - 1].t(), out=u)
+            torch.addmm(ctx.dx, a[n - 1], down[n - 1], out=u)
         else:
-            torch.addmm(b[n], a[n + 1], W[n].t(), out=u)
+            torch.addmm(b[n], a[n + 1], up[n], out=u)
             if n > 0:
-                u.addmm_(a[n - 1], ctx.Wt[n - 1].t())
+                u.addmm_(a[n - 1], down[n - 1])
         if net.prototypical:  # s + dt (-s + rho(h)), with h already in the scaled space
             act.prim_(u) if pre is None else act.prim(u, out=out[n])
             if dt != 1.0:
