@@ -9,7 +9,7 @@ is needed): milliseconds per training batch for EP and for BPTT (median of sever
 a warm-up), the time of one test pass (10 000 examples), the projected seconds per epoch (3 000
 batches + one test pass), and the floating-point operations each batch really needs (formulas in
 `flops_*` below) divided by the time: achieved GFLOP/s and its fraction of the measured fp32 GEMM
-rate of this machine.  Also the wall time of one GDU plotcurves computation at reduced T.
+rate of this machine (the better of torch.mm's library and oneDNN's).  Also the wall time of one GDU plotcurves computation at reduced T.
 """
 import argparse
 import json
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+import fastpath
 import netFunctions as nf
 from config import TABLE1, preset_config
 from netClasses import build_net, conv_geometry
@@ -104,19 +105,28 @@ def timed(fn, device, repeats, warmup=1):
     return statistics.median(ts)
 
 
+def gemm_rates(device, m, n, reps, inner=1):
+    """GFLOP/s of an (m x n) @ (n x n) fp32 product, per library: {"torch.mm": ...} and, on a CPU
+    with oneDNN, {"onednn": ...} (the kernel fastpath uses for wide couplings; on AMD CPUs MKL, behind
+    torch.mm, runs AVX2 code and oneDNN AVX-512, up to 2x apart).  The limit is the best of them."""
+    a, w = torch.randn(m, n, device=device), torch.randn(n, n, device=device)
+    out = torch.empty(m, n, device=device)
+    fns = {"torch.mm": lambda: torch.mm(a, w, out=out)}
+    if device.type == "cpu" and fastpath._onednn_linear is not None and torch.backends.mkldnn.is_available():
+        fns["onednn"] = lambda: fastpath._onednn_linear(a, w, None, "none", [], "")
+    return {k: 2 * m * n * n * inner / timed(lambda: [f() for _ in range(inner)], device, reps, warmup=2) / 1e9
+            for k, f in fns.items()}
+
+
 def gemm_gflops(device, n=2048, repeats=10):
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    t = timed(lambda: a @ b, device, repeats, warmup=3)
-    return 2 * n ** 3 / t / 1e9
+    """The large-GEMM limit: the best library's rate on n x n x n."""
+    return max(gemm_rates(device, n, n, repeats).values())
 
 
 def gemm_small_gflops(device, m=B, n=512, repeats=200):
     """The rate of the GEMM shape the fully connected steps really run (batch 20 x 512 x 512):
     a second, more honest ceiling for them than the large-GEMM peak."""
-    a, w = torch.randn(m, n, device=device), torch.randn(n, n, device=device)
-    out = torch.empty(m, n, device=device)
-    t = timed(lambda: [torch.mm(a, w, out=out) for _ in range(20)], device, max(3, repeats // 20), warmup=2)
-    return 2 * m * n * n * 20 / t / 1e9
+    return max(gemm_rates(device, m, n, max(3, repeats // 20), inner=20).values())
 
 
 @torch.no_grad()
@@ -281,7 +291,8 @@ def main(argv=None):
     small = gemm_small_gflops(device)
     rows = []
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"fp32 GEMM {limit:.0f} GFLOP/s (2048^2), {small:.0f} GFLOP/s (20x512x512)", flush=True)
+          f"fp32 GEMM {limit:.0f} GFLOP/s (2048^2), {small:.0f} GFLOP/s (20x512x512), best of torch.mm and oneDNN",
+          flush=True)
     hdr = (f"{'setting':8} {'T':>5} {'K':>4} {'EP ms/b':>8} {'BPTT ms/b':>9} {'test s':>7} {'EP s/ep':>8} "
            f"{'BPTT s/ep':>9} {'EP GF/s':>8} {'%lim':>5} {'BPTT GF/s':>9} {'%lim':>5}")
     print(hdr, flush=True)

@@ -8,6 +8,8 @@ original's outputs (tests/test_golden.py).
   so a layer's step is one addmm per coupling plus a few in-place ops, in two ping-pong buffers.
   Every product is a @ M^T with M contiguous (nn.Linear's form): MKL's small-M GEMM is fastest
   there (measured here, 1 thread, B = 20: 512 -> 10 6.0 vs 10.8 us; 512 -> 512 116 vs 128 us).
+- Wide couplings (both sides >= 256: P-2h, P-3h, EB-2h) through oneDNN's fp32 linear, not MKL
+  (see _couple: on AMD CPUs MKL runs AVX2 code, oneDNN AVX-512).
 - A fused EP update: one addmm per weight for both phases.
 - EPdisc's truncated BPTT by a hand-written adjoint: one GEMM per weight over the K steps.
 
@@ -35,6 +37,35 @@ class LayeredContext:
     dx: torch.Tensor
     r: list
     rp: list
+    onednn: list  # per hidden coupling n: its two products go through oneDNN (see _onednn_pays)
+
+
+# oneDNN's fp32 linear (the kernel torch.compile's CPU backend calls), where it pays: MKL, torch's
+# fp32 GEMM on x86, runs its AVX2 code on AMD CPUs, oneDNN its AVX-512 code.  Measured on this
+# project's machine (AMD EPYC, Zen 5), B = 20, one 512 x 512 coupling both ways: 266 -> 175 us at 1
+# thread, 266 -> 105 us at 2; but 512 -> 10 and 10 -> 512 take 16 us against 6-8 us (fixed cost), so
+# only couplings whose both sides are >= ONEDNN_MIN_WIDTH use it.  fp32 on the CPU only (oneDNN has no
+# fp64 linear: the float64 tests and golden tests run the MKL path); results move at fp32 round-off.
+ONEDNN_MIN_WIDTH = 256
+_onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+def _onednn_pays(w):
+    return (_onednn_linear is not None and torch.backends.mkldnn.is_available() and w.device.type == "cpu"
+            and w.dtype == torch.float32 and min(w.shape) >= ONEDNN_MIN_WIDTH)
+
+
+def _couple(out, bias, a, M, onednn):
+    """out = bias + a @ M (bias: a vector, or the (B, d) input drive), or out += a @ M when bias is
+    None.  M is a view whose transpose is contiguous (the (out, in) weight layout that both MKL's
+    fast form and oneDNN's linear want)."""
+    if not onednn:
+        return out.addmm_(a, M) if bias is None else torch.addmm(bias, a, M, out=out)
+    vector = bias is not None and bias.dim() == 1
+    r = _onednn_linear(a, M.t(), bias if vector else None, "none", [], "")
+    if bias is None:
+        return out.add_(r)
+    return out.copy_(r) if vector else torch.add(bias, r, out=out)
 
 
 @torch.no_grad()
@@ -48,7 +79,8 @@ def layered_context(net, x, P):
         dx = torch.addmm(b[-1], net.phi(x), (a * P[-2]).t())
     r = [net._zeros(x.shape[0], d) for d in net.size_tab[:-1]]
     up, down = [w.t() for w in W], [w.t().contiguous().t() for w in W]
-    return LayeredContext(P, x, up, down, b, dx, r, [torch.empty_like(t) for t in r])
+    onednn = [_onednn_pays(w) for w in W]
+    return LayeredContext(P, x, up, down, b, dx, r, [torch.empty_like(t) for t in r], onednn)
 
 
 def _rho_into(act, u, out):
@@ -74,11 +106,11 @@ def layered_step(net, s, ctx, y, beta, out, pre=None):
     for n in range(N):
         u = out[n] if pre is None else pre[n]
         if n == N - 1:
-            torch.addmm(ctx.dx, a[n - 1], down[n - 1], out=u)
+            _couple(u, ctx.dx, a[n - 1], down[n - 1], ctx.onednn[n - 1])
         else:
-            torch.addmm(b[n], a[n + 1], up[n], out=u)
+            _couple(u, b[n], a[n + 1], up[n], ctx.onednn[n])
             if n > 0:
-                u.addmm_(a[n - 1], down[n - 1])
+                _couple(u, None, a[n - 1], down[n - 1], ctx.onednn[n - 1])
         if net.prototypical:  # s + dt (-s + rho(h)), with h already in the scaled space
             act.prim_(u) if pre is None else act.prim(u, out=out[n])
             if dt != 1.0:
