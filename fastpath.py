@@ -92,17 +92,19 @@ def _rho_into(act, u, out):
     return act.prim_(out)
 
 
-def layered_step(net, s, ctx, y, beta, out, pre=None):
-    """One step of net.step(s, ...) written into the buffers `out` (never aliasing s).  pre (the
-    prototypical net only): buffers that keep the scaled pre-activations u_n = a h_n + c, which the
-    BPTT adjoint needs (rho(h_n) = prim(u_n))."""
+def layered_step(net, s, ctx, y, beta, out, pre=None, keep=None):
+    """One step of net.step(s, ...) written into the buffers `out` (never aliasing s).  For the BPTT
+    adjoints: pre, buffers that keep the scaled pre-activations (P: u_n = a h_n + c, as
+    rho(h_n) = prim(u_n); EB: dt h_n); keep (EB only), buffers (r, rp, mask) for rho(s_n) and
+    rho'(s_n) of every layer and the clamp's mask of the step (1 where 0 <= u_n <= 1)."""
     N, up, down, b, dt, act = net.ns, ctx.up, ctx.down, ctx.b, net.dt, net.act
     if net.prototypical:
         a = s
-    else:  # neighbours are seen through rho; hidden layers need rho'(s) too
-        a = [_rho_into(act, s[n], ctx.r[n]) for n in range(N)]
-        for n in range(1, N):
-            act.rhop_from_rho(s[n], a[n], ctx.rp[n])
+    else:  # neighbours are seen through rho; hidden layers need rho'(s) too (the adjoint: all layers)
+        r, rp = (ctx.r, ctx.rp) if keep is None else keep[:2]
+        a = [_rho_into(act, s[n], r[n]) for n in range(N)]
+        for n in range(0 if keep else 1, N):
+            act.rhop_from_rho(s[n], a[n], rp[n])
     for n in range(N):
         u = out[n] if pre is None else pre[n]
         if n == N - 1:
@@ -116,13 +118,20 @@ def layered_step(net, s, ctx, y, beta, out, pre=None):
             if dt != 1.0:
                 out[n].mul_(dt).add_(s[n], alpha=1.0 - dt)
         else:  # s + dt (-s + rho'(s) h), with dt already folded into W and b
-            if n > 0:
-                out[n].mul_(ctx.rp[n])
+            if pre is None:
+                if n > 0:
+                    out[n].mul_(rp[n])
+            elif n > 0:
+                torch.mul(u, rp[n], out=out[n])
+            else:
+                out[n].copy_(u)
             out[n].add_(s[n], alpha=1.0 - dt)
     if beta:
         out[0].add_(y, alpha=beta * dt).sub_(s[0], alpha=beta * dt)
     if net.clamp:
-        for t in out:
+        for n, t in enumerate(out):
+            if keep is not None:
+                torch.logical_and(t >= 0, t <= 1, out=keep[2][n])
             t.clamp_(0.0, 1.0)
     return out
 
@@ -211,13 +220,14 @@ def epdisc_bptt_grads(net, x, y, K):
     return loss, S[0][K].clone(), grads
 
 
-def _rhopp(act, u, r):
-    """rho''(u) given r = rho(u); 0 for hardsigm (autograd sees no gradient through its comparison)."""
+def _rhopp(act, r, rp):
+    """rho''(u) given r = rho(u) and rp = rho'(u); None for hardsigm (0: autograd sees no gradient
+    through its comparison)."""
     if act.name == "sigm":  # rho' = 4 r (1 - r)  ->  rho'' = 4 rho' (1 - 2 r)
-        return 16.0 * r * (1.0 - r) * (1.0 - 2.0 * r)
+        return (1.0 - 2.0 * r).mul_(rp).mul_(4.0)
     if act.name == "tanh":  # rho' = 1 - r^2  ->  rho'' = -2 r rho'
-        return -2.0 * r * (1.0 - r * r)
-    return torch.zeros_like(u)
+        return (-2.0 * r).mul_(rp)
+    return None
 
 
 @torch.no_grad()
@@ -227,52 +237,52 @@ def epcont_bptt_grads(net, x, y, K):
     of all K transitions from ONE GEMM per weight on the stacked steps.  A step is
         u_n = (1 - dt) s_n + dt c_n,  c_0 = h_0,  c_n = rho'(s_n) h_n (n > 0),  s_n' = clamp(u_n, 0, 1),
     h_n from a = rho(s) (net.pre), so its adjoint carries rho'' and the clamp's mask (torch's: the
-    gradient passes where 0 <= u <= 1).  Returns (loss, s_0(T), grads aligned with P)."""
+    gradient passes where 0 <= u <= 1).  The window runs on the fast stepper, which keeps rho(s),
+    rho'(s), dt h and the mask of every step in stacks (K, B, d_n).  Returns (loss, s_0(T), grads
+    aligned with P)."""
     P, N, dt, B, act = net.param_list(), net.ns, net.dt, x.shape[0], net.act
-    s = net.free_phase(x, T=net.T - K, P=P)
-    d = net.drive(x, P)
-    S = [list(s[:N])]  # S[t][n] = s_n at window step t = 0..K: (B, d_n)
-    A, RP, H, M = [], [], [], []  # per transition t: rho(s), rho'(s), h, clamp mask
+    ctx = layered_context(net, x, P)
+    s = net.free_phase(x, T=net.T - K, ctx=ctx)
+    S = [torch.empty(K + 1, *t.shape, dtype=t.dtype, device=t.device) for t in s[:N]]  # S[n][t] = s_n(t)
+    A, RP, H, M = ([torch.empty_like(v[1:]) for v in S] for _ in range(4))  # rho(s), rho'(s), dt h, mask
+    G = [torch.empty_like(v[1:]) for v in S]  # G[n][t] = dL/dh_n in transition t
+    St, At, RPt, Ht, Mt, Gt = ([v.unbind(0) for v in X] for X in (S, A, RP, H, M, G))  # views, made once
+    for n in range(N):
+        St[n][0].copy_(s[n])
     for t in range(K):
-        a = [net.rho(S[t][n]) for n in range(N)]
-        rp = [net.rhop(S[t][n]) for n in range(N)]
-        h = [net.pre(a, d, P, n) for n in range(N)]
-        u = [(1.0 - dt) * S[t][n] + dt * (h[n] if n == 0 else rp[n] * h[n]) for n in range(N)]
-        if net.clamp:
-            M.append([(v >= 0) & (v <= 1) for v in u])
-            u = [v.clamp(0.0, 1.0) for v in u]
-        A.append(a), RP.append(rp), H.append(h)
-        S.append(u)
-    loss = 0.5 * ((S[K][0] - y) ** 2).sum() / B
-    lam = [torch.zeros_like(S[K][n]) for n in range(N)]  # lam[n] = dL/ds_n(t+1)
-    lam[0] = (S[K][0] - y) / B
-    G = [[None] * K for _ in range(N)]  # G[n][t] = dL/dh_n in transition t
+        layered_step(net, [v[t] for v in St], ctx, None, 0.0, [v[t + 1] for v in St], pre=[v[t] for v in Ht],
+                     keep=([v[t] for v in At], [v[t] for v in RPt], [v[t] for v in Mt]))
+    loss = 0.5 * ((S[0][K] - y) ** 2).sum() / B
+    lam = [torch.zeros_like(St[n][K]) for n in range(N)]  # lam[n] = dL/ds_n(t+1)
+    lam[0] = (S[0][K] - y) / B
     for t in reversed(range(K)):
-        mu = [lam[n] * M[t][n] if net.clamp else lam[n] for n in range(N)]  # dL/du_n
+        mu = [lam[n].mul_(Mt[n][t]) if net.clamp else lam[n] for n in range(N)]  # dL/du_n
         for n in range(N):
-            G[n][t] = dt * mu[n] if n == 0 else dt * mu[n] * RP[t][n]
+            g = torch.mul(mu[n], dt, out=Gt[n][t])
+            if n > 0:
+                g.mul_(RPt[n][t])
         new = []
         for n in range(N):
-            l = (1.0 - dt) * mu[n]
-            if n > 0:  # through rho'(s_n) in c_n
-                l = l + dt * mu[n] * H[t][n] * _rhopp(act, S[t][n], A[t][n])
+            l = mu[n] * (1.0 - dt)
+            if n > 0:  # through rho'(s_n) in c_n: dt mu h rho''(s) = mu (dt h) rho''(s)
+                rpp = _rhopp(act, At[n][t], RPt[n][t])
+                if rpp is not None:
+                    l.addcmul_(rpp.mul_(mu[n]), Ht[n][t])
             da = None  # dL/da_n, a_n = rho(s_n) feeds h_{n-1} (through W_{n-1}) and h_{n+1} (through W_n^T)
             if n > 0:
-                da = G[n - 1][t] @ P[2 * n - 2]
+                da = Gt[n - 1][t] @ P[2 * n - 2]
             if n < N - 1:
                 Wn = P[2 * n].t()
-                da = G[n + 1][t] @ Wn if da is None else torch.addmm(da, G[n + 1][t], Wn)
-            if da is not None:
-                l = l + da * RP[t][n]
+                da = Gt[n + 1][t] @ Wn if da is None else torch.addmm(da, Gt[n + 1][t], Wn)
+            l.addcmul_(da, RPt[n][t])
             new.append(l)
         lam = new
-    Gc = [torch.cat(G[n]) for n in range(N)]  # (K B, d_n)
-    Ac = [torch.cat([A[t][n] for t in range(K)]) for n in range(N)]
+    Gc, Ac = [g.reshape(K * B, -1) for g in G], [a.reshape(K * B, -1) for a in A]  # (K B, d_n)
     grads = []
     for n in range(N):
         if n < N - 1:
             dW = torch.addmm(Gc[n].t() @ Ac[n + 1], Ac[n].t(), Gc[n + 1])
         else:  # the static input: sum the K steps first, then one product with rho(x)
-            dW = sum(G[n]).t() @ net.phi(x)
+            dW = G[n].sum(0).t() @ net.phi(x)
         grads += [dW, Gc[n].sum(0)]
-    return loss, S[K][0], grads
+    return loss, S[0][K].clone(), grads
