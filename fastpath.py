@@ -11,7 +11,8 @@ original's outputs (tests/test_golden.py).
 - Wide couplings (both sides >= 256: P-2h, P-3h, EB-2h) through oneDNN's fp32 linear, not MKL
   (see _couple: on AMD CPUs MKL runs AVX2 code, oneDNN AVX-512).
 - A fused EP update: one addmm per weight for both phases.
-- EPdisc's truncated BPTT by a hand-written adjoint: one GEMM per weight over the K steps.
+- EPdisc's and EPcont's truncated BPTT by hand-written adjoints whose window runs on the stepper
+  above: one GEMM per weight over the K steps.
 
 This module knows the networks only through their attributes (it imports nothing of this project).
 """
