@@ -35,7 +35,7 @@ bench: setup
 clean:
 	rm -rf results __pycache__ tests/__pycache__ .pytest_cache
 
-# The paper's GDU figures (issue: Figs. 2, 3, 4, 8-13, 16): each preset's PNGs and results.json
+# The paper's GDU figures (Figs. 2, 3, 4, 8-13, 16): each preset's PNGs and results.json
 # are copied into docs/figures/<preset>/.  SEED fixes the batch.
 FIGS ?= fig2-toy fig3-EB-1h fig3-EB-2h fig3-EB-3h fig3-P-1h fig3-P-2h fig3-P-3h fig4-conv \
         fig8-EB-1h fig9-EB-2h fig10-EB-3h fig11-P-1h fig12-P-2h fig13-P-3h fig16-conv

@@ -3,6 +3,7 @@
     python bench.py                      # all six settings on the CPU, writes bench.json
     python bench.py --quick              # a reduced subset (CI smoke)
     python bench.py --device-label 0     # the same on cuda:0
+    python bench.py --population 1 5 32  # ms per batch per member of populations of M runs vs single runs
 
 For each setting (the paper's T, Kmax, beta, batch 20, random data of MNIST's shape, so no dataset
 is needed): milliseconds per training batch for EP and for BPTT (median of several repeats, after
@@ -112,8 +113,8 @@ def gemm_rates(device, m, n, reps, inner=1):
     a, w = torch.randn(m, n, device=device), torch.randn(n, n, device=device)
     out = torch.empty(m, n, device=device)
     fns = {"torch.mm": lambda: torch.mm(a, w, out=out)}
-    if device.type == "cpu" and fastpath._onednn_linear is not None and torch.backends.mkldnn.is_available():
-        fns["onednn"] = lambda: fastpath._onednn_linear(a, w, None, "none", [], "")
+    if device.type == "cpu" and fastpath.onednn_linear is not None and torch.backends.mkldnn.is_available():
+        fns["onednn"] = lambda: fastpath.onednn_linear(a, w, None, "none", [], "")
     return {k: 2 * m * n * n * inner / timed(lambda: [f() for _ in range(inner)], device, reps, warmup=2) / 1e9
             for k, f in fns.items()}
 
@@ -211,6 +212,51 @@ def bench_plotcurves(device, T=500):
     return dict(preset="fig3-P-1h", T=T, Kmax=10, seconds=timed(lambda: nf.compute_nSdSDT(net, x, y), device, 3))
 
 
+POPULATION_SETTINGS = ("P-1h", "EB-1h")  # the settings --population times (population.py: every fc net)
+
+
+def bench_population(device, sizes, names=POPULATION_SETTINGS, repeats=5):
+    """Milliseconds per batch per member of a population of M runs (population.py: one batched
+    computation over the member dimension) against the single-run path (fast, as main.py trains),
+    EP and BPTT, the preset's T and Kmax, batch B, random data; one process.  Populations and
+    single runs are timed interleaved, one batch each per round (median over rounds): on a shared
+    machine the speed drifts."""
+    import population
+    rows = []
+    for name in names:
+        args = make_args(name, dict(training_method="EP", benchmark=False))
+        torch.manual_seed(0)
+        single = build_net(args).to(device)
+        x1 = torch.rand(B, 784, device=device)
+        y1 = torch.zeros(B, 10, device=device)
+        y1[torch.arange(B), torch.randint(10, (B,))] = 1
+        fns = {("single", "EP"): lambda: nf.ep_batch(single, x1, y1),
+               ("single", "BPTT"): lambda: nf.bptt_batch(single, x1, y1)}
+        for M in sizes:
+            stack = population.Population([args.replace(seed=s) for s in range(M)], device=device).runs[0].stack
+            x, y = x1.expand(M, B, 784).contiguous(), y1.expand(M, B, 10).contiguous()
+            fns[M, "EP"] = (lambda st, x, y: lambda: st.ep_batch(x, y))(stack, x, y)
+            fns[M, "BPTT"] = (lambda st, x, y: lambda: st.bptt_batch(x, y))(stack, x, y)
+        times = {k: [] for k in fns}
+        for r in range(repeats + 1):
+            for k, fn in fns.items():
+                t = timed(fn, device, 1, warmup=0)
+                if r:  # round 0 is the warm-up
+                    times[k].append(t)
+        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        for M in sizes:
+            row = dict(setting=name, T=args.T, Kmax=args.Kmax, M=M,
+                       ep_ms_per_member=ms[M, "EP"] / M, bptt_ms_per_member=ms[M, "BPTT"] / M,
+                       single_ep_ms=ms["single", "EP"], single_bptt_ms=ms["single", "BPTT"])
+            row["ep_speedup"] = row["single_ep_ms"] / row["ep_ms_per_member"]
+            row["bptt_speedup"] = row["single_bptt_ms"] / row["bptt_ms_per_member"]
+            rows.append(row)
+            print(f"{name:6} {M:4d} {row['ep_ms_per_member']:9.3f} {row['single_ep_ms']:9.3f} {row['ep_speedup']:6.2f}x"
+                  f" {row['bptt_ms_per_member']:10.3f} {row['single_bptt_ms']:10.3f} {row['bptt_speedup']:6.2f}x",
+                  flush=True)
+    return rows
+
+
 def _main_py(*flags, threads=None):
     """A short P-1h EP training process (12 000 images) as main.py runs it."""
     cmd = [sys.executable, "main.py", "--preset", "P-1h", "--epochs", "1", "--no-benchmark", "--quiet", "--seed", "1",
@@ -266,6 +312,9 @@ def main(argv=None):
     p.add_argument("--levers", action="store_true", help="only the levers table (P-1h, P-2h EP)")
     p.add_argument("--process", action="store_true",
                    help="only the whole-process figures: start-up and the busy-machine case (needs MNIST in ./data)")
+    p.add_argument("--population", type=int, nargs="+", metavar="M", default=None,
+                   help="only the population table: ms per batch per member at population sizes M (e.g. 1 5 32) "
+                        "against single runs, P-1h and EB-1h (or --settings), EP and BPTT")
     a = p.parse_args(argv)
     if a.device_label >= 0 and not torch.cuda.is_available():
         print("bench.py: error: --device-label: CUDA is not available", file=sys.stderr)
@@ -278,6 +327,16 @@ def main(argv=None):
         rows = bench_levers(device)
         with open(a.out + ".tmp", "w") as f:
             json.dump(dict(torch=torch.__version__, threads=torch.get_num_threads(), levers=rows), f, indent=1)
+        os.replace(a.out + ".tmp", a.out)
+        return 0
+    if a.population:
+        print(f"ms per batch per member, threads {torch.get_num_threads()}, batch {B}, median of {repeats} rounds")
+        print(f"{'setting':6} {'M':>4} {'EP pop':>9} {'EP single':>9} {'gain':>7} {'BPTT pop':>10} {'BPTT single':>10} "
+              f"{'gain':>7}", flush=True)
+        rows = bench_population(device, a.population, a.settings or POPULATION_SETTINGS, repeats)
+        with open(a.out + ".tmp", "w") as f:
+            json.dump(dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
+                           population=rows, date=time.strftime("%Y-%m-%d %H:%M:%S")), f, indent=1)
         os.replace(a.out + ".tmp", a.out)
         return 0
     if a.process:

@@ -71,12 +71,20 @@ class Config:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Config))
+DEFAULTS = Config()
+_SPELLED_AS_FIELD = ("lr_tab", "size_tab", "C_tab", "T", "Kmax", "Fconv", "Fpool")  # the original's spelling
+
+
+def flag_name(field_name):
+    """The command-line flag of a Config field, as main.py spells it first (--lr_tab, --batch-size)."""
+    return "--" + (field_name if field_name in _SPELLED_AS_FIELD else field_name.replace("_", "-"))
 
 
 def paper_dt(cfg):
-    """The step-size rule (Deviation 1): the prototypical model (--discrete) has no Euler step,
-    dt = 1, unless --dt is given explicitly; the conv net always uses 1."""
-    if cfg.C_tab or (cfg.discrete and "dt" not in cfg.explicit):
+    """The step-size rule (Deviation 1): the prototypical model (--discrete) has no Euler step and
+    the conv net always steps by 1, so dt = 1 for both unless --dt is given explicitly (the conv net
+    then refuses any other value: experiment.validate)."""
+    if (cfg.C_tab or cfg.discrete) and "dt" not in cfg.explicit:
         return cfg.replace(dt=1.0)
     return cfg
 
@@ -110,7 +118,7 @@ PRESETS = {
                                            epochs=50, T=400, Kmax=40, beta=0.5, dt=0.2, benchmark=True)),
     "P-1h": Preset("Table 1, P-1h", dict(action="train", discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08],
                                          epochs=30, T=40, Kmax=15, beta=0.1, benchmark=True)),
-    "P-1h-T30K10": Preset("Table 1, P-1h with T 30, K 10 (spec 8.3)", dict(
+    "P-1h-T30K10": Preset("Table 1, P-1h with T 30, K 10", dict(
         action="train", discrete=True, size_tab=[10, 512, 784], lr_tab=[0.04, 0.08], epochs=30, T=30, Kmax=10,
         beta=0.1, benchmark=True)),
     "P-2h": Preset("Table 1, P-2h", dict(action="train", discrete=True, size_tab=[10, 512, 512, 784],

@@ -12,6 +12,9 @@ Conventions (the paper's and the original code's):
   during a batch, computed once: x never changes), `hebbian` (dPhi/dtheta, summed over the batch).
   `EPNet` holds what they share: the free phase (T steps), the nudged phase (Kmax steps, beta > 0),
   the EP update and the truncated-BPTT window.
+- How a net runs its phases, its EP update and its BPTT gradients is its `path`, chosen once by the
+  constructor's `fast`: PlainPath (this file's equations as written) or, for EPcont and EPdisc,
+  fastpath.LayeredFastPath (the same equations rearranged for speed).
 - Steppers take the parameter list P explicitly.  Training passes the module's own parameters; the
   GDU analysis passes one leaf copy per transition, which gives the per-transition BPTT gradients
   dL/dtheta_(T-k) in one backward pass.
@@ -26,22 +29,15 @@ import fastpath
 
 
 # ------------------------------------------------------------------------------------------------
-# Activations (spec section 3).  rhop is a float tensor (the original's hardsigm gave a bool).
+# Activations and the cost.  rhop is a float tensor (the original's hardsigm gave a bool).
 
 @dataclass(frozen=True)
 class Activation:
-    """rho and its derivative rhop.  The speed layer also needs rho in the form
-    rho(u) = prim(scale * u + shift) (so that the scale folds into pre-scaled weights), the in-place
-    prim_, its out= form prim(u, out=...), and rhop_from_rho(u, r, out) = rho'(u) written into out
-    given r = rho(u)."""
+    """The neurons' nonlinearity rho and its derivative rhop (the speed layer keeps its own forms of
+    them: fastpath.activation_kernels)."""
     name: str
     rho: object
     rhop: object
-    scale: float
-    shift: float
-    prim_: object
-    prim: object
-    rhop_from_rho: object
 
 
 def _sigm(u):  # sigmoid centred at 1/2 with slope 1 there, range (0, 1)
@@ -66,13 +62,9 @@ def _tanhp(u):
 
 
 ACTIVATIONS = {
-    "sigm": Activation("sigm", _sigm, _sigmp, 4.0, -2.0, torch.Tensor.sigmoid_, torch.sigmoid,
-                       lambda u, r, out: torch.addcmul(r, r, r, value=-1.0, out=out).mul_(4.0)),
-    "hardsigm": Activation("hardsigm", _hardsigm, _hardsigmp, 1.0, 0.0, lambda t: t.clamp_(0.0, 1.0),
-                           lambda u, out: torch.clamp(u, 0.0, 1.0, out=out),
-                           lambda u, r, out: torch.logical_and(u >= 0, u <= 1, out=out)),
-    "tanh": Activation("tanh", torch.tanh, _tanhp, 1.0, 0.0, torch.Tensor.tanh_, torch.tanh,
-                       lambda u, r, out: torch.mul(r, r, out=out).neg_().add_(1.0)),
+    "sigm": Activation("sigm", _sigm, _sigmp),
+    "hardsigm": Activation("hardsigm", _hardsigm, _hardsigmp),
+    "tanh": Activation("tanh", torch.tanh, _tanhp),
 }
 
 
@@ -80,6 +72,16 @@ def get_activation(name):
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+def squared_error(s0, y):
+    """(1/2) sum_b ||s_0^b - y^b||^2 of output states s0 and targets y, both (B, d_0); a 0-d tensor."""
+    return 0.5 * ((s0 - y) ** 2).sum()
+
+
+def loss(s0, y):
+    """The cost of a batch, L = (1/2B) sum_b ||s_0^b - y^b||^2; a 0-d tensor."""
+    return squared_error(s0, y) / y.shape[0]
 
 
 @dataclass
@@ -100,7 +102,8 @@ class EPNet(nn.Module):
     order of --lr_tab), `self.ns` (number of neuron layers), `neuron_names`, `synapse_names`, and
     the methods `initHidden`, `drive`, `step`, `hebbian`.  The flat parameter list P is
     [layers[0].weight, layers[0].bias, layers[1].weight, ...]; layer l's learning rate is lr_tab[l].
-    `fast` selects the speed layer (fastpath.py) where a class has one; False is the plain path.
+    `fast` selects the speed layer (fastpath.py) where a class has one (`speed_layer`), else the
+    plain path; the choice is made here, once, and `path` and `fast` are read-only.
     """
 
     layered = True  # output, hidden..., input in a chain: layer n cannot feel the nudge before step n
@@ -112,7 +115,24 @@ class EPNet(nn.Module):
         self.act = activation if isinstance(activation, Activation) else get_activation(activation)
         self.rho, self.rhop = self.act.rho, self.act.rhop
         self.clamp = bool(clamp)
-        self.fast = bool(fast)
+        self._path = (self.speed_layer() if fast else None) or PLAIN_PATH
+
+    def speed_layer(self):
+        """This class's speed layer (a path like PlainPath), or None where it has none.  Called by
+        the constructor above, before a subclass's own __init__ body: it may use only the
+        hyperparameters set there and class attributes."""
+        return None
+
+    @property
+    def path(self):
+        """How this net runs context, run_steps, ep_update and bptt_grads: PLAIN_PATH or its speed
+        layer, fixed at construction."""
+        return self._path
+
+    @property
+    def fast(self):
+        """Whether this net runs on its speed layer."""
+        return self._path.fast
 
     # --- plumbing -------------------------------------------------------------------------------
     def param_list(self):
@@ -126,7 +146,8 @@ class EPNet(nn.Module):
     def device(self):
         return self.layers[0].weight.device
 
-    def _zeros(self, B, *shape):
+    def zeros(self, B, *shape):
+        """A zero tensor (B, *shape) of the parameters' dtype and device."""
         w = self.layers[0].weight
         return torch.zeros(B, *shape, device=w.device, dtype=w.dtype)
 
@@ -141,20 +162,15 @@ class EPNet(nn.Module):
     # --- the two EP phases (no autograd: EP needs no gradient) -----------------------------------
     @torch.no_grad()
     def context(self, x, P=None):
-        """What stays fixed during a batch (Context); the speed layer's own where it applies."""
-        P = self.param_list() if P is None else P
-        return Context(P, x, self.drive(x, P))
+        """What stays fixed during a batch: a Context on the plain path, the speed layer's own on
+        the fast path."""
+        return self._path.context(self, x, self.param_list() if P is None else P)
 
     @torch.no_grad()
     def run_steps(self, s, ctx, steps, y=None, beta=0.0, record=None):
         """`steps` synchronous steps from s (never modified); record(k, s_k, s_k+1) after each.
         On the fast path s_k and s_k+1 are reused buffers: record must read them, not keep them."""
-        for k in range(steps):
-            s_new = self.step(s, ctx.d, ctx.P, y, beta)
-            if record is not None:
-                record(k, s, s_new)
-            s = s_new
-        return s
+        return self._path.run_steps(self, s, ctx, steps, y, beta, record)
 
     def free_phase(self, x, s=None, T=None, ctx=None, P=None):
         """T free steps (beta = 0) from s (zero state if None).  Returns s(T)."""
@@ -185,8 +201,8 @@ class EPNet(nn.Module):
 
     @torch.no_grad()
     def ep_update(self, beta, x, s, seq):
-        """The EP training step: updateWeights(computeGradients(...))."""
-        self.updateWeights(self.computeGradients(beta, x, s, seq))
+        """The EP training step: updateWeights(computeGradients(...)) (fused on the fast path)."""
+        self._path.ep_update(self, beta, x, s, seq)
 
     # --- truncated BPTT ---------------------------------------------------------------------------
     def bptt_window(self, x, y, K=None, per_transition=False):
@@ -196,7 +212,7 @@ class EPNet(nn.Module):
         Ps[j] = the parameter list used by the transition producing states[j+1].  With
         per_transition=True each of those transitions gets its own leaf copy of the parameters, so
         autograd.grad w.r.t. Ps[j] is dL/dtheta_(T-K+j+1), the per-transition gradient of the paper.
-        Loss L = (1/2B) sum ||s_0(T) - y||^2.
+        The loss is `loss(s_0(T), y)`.
         """
         K = self.Kmax if K is None else K
         P = self.param_list()
@@ -208,25 +224,60 @@ class EPNet(nn.Module):
             s = self.step(s, self.drive(x, Pt) if per_transition else d, Pt)
             states.append(s)
             Ps.append(Pt)
-        loss = 0.5 * ((s[0] - y) ** 2).sum() / x.shape[0]
-        return loss, states, Ps
+        return loss(s[0], y), states, Ps
 
     def bptt_grads(self, x, y, K=None):
-        """Truncated-BPTT gradients by autograd through `step`: (loss, s_0(T), grads aligned with P)."""
-        with torch.enable_grad():
-            loss, states, _ = self.bptt_window(x, y, K)
-            grads = torch.autograd.grad(loss, self.param_list(), allow_unused=True, materialize_grads=True)
-        return loss.detach(), states[-1][0].detach(), list(grads)
+        """Truncated-BPTT gradients through the last K (default Kmax) transitions: autograd through
+        `step` on the plain path, a hand-written adjoint on the fast path.
+        Returns (loss, s_0(T), grads aligned with P)."""
+        s0, grads = self._path.bptt_grads(self, x, y, self.Kmax if K is None else K)
+        return loss(s0, y), s0, grads
 
     def forward(self, x, s=None, method="nograd", beta=0.0, target=None, K=None):
         """The original's modes: 'nograd' (free phase if beta == 0, else K nudged steps from s) and
         'withgrad' (the truncated-BPTT forward; returns (loss, final state))."""
         if method == "withgrad":
-            loss, states, _ = self.bptt_window(x, target, K)
-            return loss, states[-1]
+            L, states, _ = self.bptt_window(x, target, K)
+            return L, states[-1]
         if beta == 0:
             return self.free_phase(x, s)
         return self.nudged_phase(x, s, target, beta, K)
+
+
+class PlainPath:
+    """The reference path: the equations of this file as written (`step` in a loop, the Hebbian
+    terms, autograd through the BPTT window).  Every net without a speed layer, or built with
+    fast=False, runs on PLAIN_PATH; fastpath.LayeredFastPath has the same four operations."""
+
+    fast = False
+
+    @staticmethod
+    def context(net, x, P):
+        return Context(P, x, net.drive(x, P))
+
+    @staticmethod
+    def run_steps(net, s, ctx, steps, y, beta, record):
+        for k in range(steps):
+            s_new = net.step(s, ctx.d, ctx.P, y, beta)
+            if record is not None:
+                record(k, s, s_new)
+            s = s_new
+        return s
+
+    @staticmethod
+    def ep_update(net, beta, x, s, seq):
+        net.updateWeights(net.computeGradients(beta, x, s, seq))
+
+    @staticmethod
+    def bptt_grads(net, x, y, K):
+        """(s_0(T), grads aligned with P) by autograd through the window's K transitions."""
+        with torch.enable_grad():
+            L, states, _ = net.bptt_window(x, y, K)
+            grads = torch.autograd.grad(L, net.param_list(), allow_unused=True, materialize_grads=True)
+        return states[-1][0].detach(), list(grads)
+
+
+PLAIN_PATH = PlainPath()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,7 +299,7 @@ class _LayeredFC(EPNet):
         self.synapse_names = [f"W_{{{n}{n + 1}}}" for n in range(self.ns - 1)] + [f"W_{{{self.ns - 1}x}}"]
 
     def initHidden(self, B):
-        return [self._zeros(B, d) for d in self.size_tab[:-1]]  # s_n: (B, d_n)
+        return [self.zeros(B, d) for d in self.size_tab[:-1]]  # s_n: (B, d_n)
 
     def drive(self, x, P):
         """What is static during a batch: the input drive phi(x) W_{N-1,x}^T + b_{N-1}: (B, d_{N-1}).
@@ -283,31 +334,16 @@ class _LayeredFC(EPNet):
             H += [a[n].t() @ a[n + 1], a[n].sum(0)]
         return H
 
-    # --- the speed layer (fastpath.py), chosen by self.fast --------------------------------------
-    @torch.no_grad()
-    def context(self, x, P=None):
-        if not self.fast:
-            return super().context(x, P)
-        return fastpath.layered_context(self, x, self.param_list() if P is None else P)
-
-    @torch.no_grad()
-    def run_steps(self, s, ctx, steps, y=None, beta=0.0, record=None):
-        if isinstance(ctx, fastpath.LayeredContext):
-            return fastpath.layered_run_steps(self, s, ctx, steps, y, beta, record)
-        return super().run_steps(s, ctx, steps, y, beta, record)
-
-    @torch.no_grad()
-    def ep_update(self, beta, x, s, seq):
-        if not self.fast:
-            return super().ep_update(beta, x, s, seq)
-        fastpath.layered_ep_update(self, beta, x, s, seq)
+    def speed_layer(self):
+        """The in-place stepper, fused EP update and hand-written BPTT adjoint of fastpath.py."""
+        return fastpath.LayeredFastPath(self.act, self.prototypical)
 
 
 class EPcont(_LayeredFC):
     """Energy-based setting (EB): Euler step dt of ds/dt = -dE/ds for a Hopfield-like energy,
         s_n <- s_n + dt (-s_n + rho'(s_n) h_n),  h_n from rho(s_{n+1}), rho(s_{n-1}) (and rho(x)).
-    Hidden layers carry the rho'(s_n) factor, the output layer does not (as coded by the authors,
-    spec 9.1.3).  States clamped to [0,1] unless --no-clamp."""
+    Hidden layers carry the rho'(s_n) factor, the output layer does not (as the authors' code
+    does).  States clamped to [0,1] unless --no-clamp."""
 
     prototypical = False
 
@@ -316,12 +352,6 @@ class EPcont(_LayeredFC):
 
     def settle(self, s_n, h, n):
         return -s_n + (h if n == 0 else self.rhop(s_n) * h)
-
-    def bptt_grads(self, x, y, K=None):
-        """Autograd on the plain path; on the fast path a hand-written adjoint (fastpath.py)."""
-        if not self.fast:
-            return super().bptt_grads(x, y, K)
-        return fastpath.epcont_bptt_grads(self, x, y, self.Kmax if K is None else K)
 
 
 class EPdisc(_LayeredFC):
@@ -340,13 +370,6 @@ class EPdisc(_LayeredFC):
 
     def settle(self, s_n, h, n):
         return -s_n + self.rho(h)
-
-    def bptt_grads(self, x, y, K=None):
-        """Autograd on the plain path; on the fast path a hand-written adjoint (fastpath.py) that
-        gives the same gradients with one GEMM per weight over the K steps."""
-        if not self.fast:
-            return super().bptt_grads(x, y, K)
-        return fastpath.epdisc_bptt_grads(self, x, y, self.Kmax if K is None else K)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -373,7 +396,7 @@ class toyEPcont(EPNet):
         self.synapse_names = ["W_{01}", "W_{0x}", "W_{1x}"]
 
     def initHidden(self, B):
-        return [self._zeros(B, self.size_tab[0]), self._zeros(B, self.size_tab[1])]
+        return [self.zeros(B, self.size_tab[0]), self.zeros(B, self.size_tab[1])]
 
     def drive(self, x, P):
         """The input terms rho(x) C^T + c + a: (B, 10) and rho(x) D^T + e: (B, 50)."""
@@ -452,8 +475,8 @@ class convEP(EPNet):
         self.synapse_names = [f"W_{{fc{i}}}" for i in range(self.nc)] + [f"W_{{conv{j}}}" for j in range(self.nconv)]
 
     def initHidden(self, B):
-        s = [self._zeros(B, d) for d in self.size_tab[: self.nc]]
-        s += [self._zeros(B, self.C_tab[j], p, p) for j, p in enumerate(self.pooled)]
+        s = [self.zeros(B, d) for d in self.size_tab[: self.nc]]
+        s += [self.zeros(B, self.C_tab[j], p, p) for j, p in enumerate(self.pooled)]
         s += [torch.zeros(B, self.C_tab[j], p, p, dtype=torch.long, device=self.device)
               for j, p in enumerate(self.pooled)]
         return s

@@ -1,18 +1,15 @@
-"""The original's routines on the networks: training (EP and truncated BPTT, epoch by epoch with
-checkpoints), evaluation, the GDU processes (nS, dS, NT, DT: compute_nSdSDT) and the
-sign-agreement recipe (receipe).  Files and folders are results.py's, MNIST is mnist.py's."""
+"""The original's routines on the networks: one epoch of training (EP or truncated BPTT), evaluation,
+the GDU processes (nS, dS, NT, DT: compute_nSdSDT) and the sign-agreement recipe (receipe).  The
+actions that drive them (epochs, checkpoints, result folders) are experiment.py's."""
 import random
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-import plotFunctions
-import results as rs
-from plotFunctions import compute_nTdT  # noqa: F401  (the original's name; numpy, so it runs in result folders)
-from results import createHyperparameterfile, createPath  # noqa: F401  (the original's names)
+import metrics
+from netClasses import squared_error
 
 
 class Divergence(RuntimeError):
@@ -20,7 +17,7 @@ class Divergence(RuntimeError):
 
 
 # ================================================================================================
-# Training and evaluation (spec 5.1, 5.2)
+# Training and evaluation
 
 def ep_batch(net, x, y, nudging="one-sided", sign=1):
     """One EP update: T free steps, Kmax nudged steps, contrastive Hebbian update.  Everything
@@ -60,7 +57,8 @@ def bptt_batch(net, x, y, K=None):
 
 
 def batch_loss(s0, y):
-    return 0.5 * ((s0 - y) ** 2).sum().item() / y.shape[0]
+    """The batch's L as a Python float; the 1/B in float64, as the training log always had it."""
+    return squared_error(s0, y).item() / y.shape[0]
 
 
 def epoch_order(n, seed, epoch):
@@ -112,7 +110,7 @@ def evaluate(net, X, Y, batch_size=1000):
 
 
 # ================================================================================================
-# GDU processes (spec 4.5, 5.3-5.6)
+# GDU processes
 
 def compute_NT(net, x, y, K=None, with_nS=False):
     """The BPTT processes in ONE free phase and ONE backward pass.
@@ -230,7 +228,7 @@ def receipe(net, batches, log=print, nudging="one-sided", signs=None):
     per_trial = []
     for t, (x, y) in enumerate(batches):
         _, _, NT, DT = compute_nSdSDT(net, x, y, nudging, signs[t] if signs else 1)
-        rows = [plotFunctions.sign_agreement(NT[l][-1].cpu().numpy(), DT[l][-1].cpu().numpy())
+        rows = [metrics.sign_agreement(NT[l][-1].cpu().numpy(), DT[l][-1].cpu().numpy())
                 for l in range(len(names))]
         trial = {"same_sign_total": [a + z for a, z in rows], "same_sign": [a for a, _ in rows],
                  "both_zero": [z for _, z in rows]}
@@ -252,56 +250,3 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-# ================================================================================================
-# The train action: epochs, checkpoints, resume
-
-def train_run(cfg, net, net_bptt, data, path, name, title, ck=None, log=print):
-    """Train `net` with --training-method (and, with --benchmark, `net_bptt` with BPTT from the same
-    initial weights), epoch by epoch, side by side.  After every epoch checkpoint.pt and
-    results.json are rewritten atomically, so an interrupted run resumes from its last epoch."""
-    Xtr, Ytr, Xte, Yte = data
-    runs = [(cfg.training_method, net, "")]
-    if net_bptt is not None:
-        runs.append(("BPTT", net_bptt, "_bptt"))
-
-    def key(k, sfx):  # the original's names: error_train_tab, error_train_bptt_tab, ...
-        return k.replace("_tab", sfx + "_tab")
-
-    if ck is not None:
-        results, start = ck["results"], ck["epoch"] + 1
-        # the checkpoint is written before results.json: a kill between the two is mended here
-        rs.write_json(Path(path) / "results.json", results)
-    else:
-        results = dict(action="train", model=name, title=title, method=cfg.training_method,
-                       seed=cfg.seed, epochs_done=0, elapsed_time=0.0)
-        for _, _, sfx in runs:
-            for k in ("error_train_tab", "error_test_tab", "loss_tab", "seconds_tab"):
-                results[key(k, sfx)] = []
-    for epoch in range(start if ck is not None else 1, cfg.epochs + 1):
-        for method, n, sfx in runs:
-            try:
-                err, loss, secs = train(n, Xtr, Ytr, method, cfg.batch_size, cfg.seed, epoch, cfg.quiet,
-                                        cfg.nudging)
-            except Divergence as e:  # keep every finished (epoch, method) and say what happened
-                results["diverged"] = str(e)
-                rs.write_json(Path(path) / "results.json", results)
-                raise
-            t0 = time.perf_counter()
-            test = evaluate(n, Xte, Yte, cfg.test_batch_size)
-            ev = time.perf_counter() - t0
-            results[key("error_train_tab", sfx)].append(err)
-            results[key("error_test_tab", sfx)].append(test)
-            results[key("loss_tab", sfx)].append(loss)
-            results[key("seconds_tab", sfx)].append(secs + ev)
-            results["elapsed_time"] += secs + ev
-            label = method if not sfx else f"{method} (benchmark)" if method == runs[0][0] else method
-            log(f"epoch {epoch}/{cfg.epochs} {label:>5}: train error {err:6.2f}%  test error {test:6.2f}%"
-                f"  ({secs:.1f} s train, {ev:.1f} s test)", flush=True)
-        results["epochs_done"] = epoch
-        rs.save_checkpoint(Path(path) / "checkpoint.pt", dict(
-            epoch=epoch, net=net.state_dict(), net_bptt=None if net_bptt is None else net_bptt.state_dict(),
-            results=results))
-        rs.write_json(Path(path) / "results.json", results)
-    return results

@@ -1,4 +1,4 @@
-"""Result folders and the files in them (spec 5.7-5.9): createPath, hyperparameters.txt,
+"""Result folders and the files in them: createPath, hyperparameters.txt,
 config.json, results.json, checkpoint.pt, curves.npz.  Every file is written through one atomic
 helper, so an interrupted run never leaves a half-written file."""
 import datetime
@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+# copied into every result folder: `cd FOLDER && python plotFunctions.py` redraws its figures
+FOLDER_SCRIPTS = ("plotFunctions.py", "metrics.py")
 
 
 def atomic_write(path, write):
@@ -39,12 +41,65 @@ def write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
-def save_checkpoint(path, obj):
+class ResultError(Exception):
+    """A result folder's file is missing, damaged or not this program's (one line)."""
+
+
+CHECKPOINT_KEYS = ("epoch", "net", "net_bptt", "results")
+
+
+def save_checkpoint(path, epoch, net, net_bptt, results):
+    """checkpoint.pt after a finished epoch: the nets' weights and the results so far."""
+    obj = dict(epoch=epoch, net=net.state_dict(), net_bptt=None if net_bptt is None else net_bptt.state_dict(),
+               results=results)
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The dict save_checkpoint wrote; ResultError if it is missing, damaged or not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultError(f"not a result folder (needs config.json and {path.name})")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(ck, dict) and {"epoch", "net", "results"} <= set(ck)):
+            raise KeyError
+    except Exception:
+        raise ResultError(f"{path.name} is damaged or not this program's")
+    return ck
+
+
+def read_run_config(folder):
+    """The Config fields (a dict) of the run in folder, from its config.json."""
+    from config import FIELDS
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ResultError("not a result folder (needs config.json and checkpoint.pt)")
+    try:
+        saved = json.loads(path.read_text())["args"]
+        if not isinstance(saved, dict) or not set(FIELDS) - {"threads", "nudging"} <= set(saved):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, OSError):
+        raise ResultError("config.json is not this program's")
+    return saved
+
+
+def record_resume(folder, cfg):
+    """After validation and data loading: the new epoch target goes into config.json and
+    hyperparameters.txt (an interrupted extension keeps its target), and the resume itself, with
+    how it runs, is appended to config.json's "resumed" list."""
+    folder = Path(folder)
+    rec = json.loads((folder / "config.json").read_text())
+    rec["args"]["epochs"] = cfg.epochs
+    rec.setdefault("resumed", []).append(dict(
+        at=datetime.datetime.now().isoformat(timespec="seconds"), epochs=cfg.epochs,
+        device_label=cfg.device_label, threads=cfg.threads, quiet=cfg.quiet, data_dir=cfg.data_dir))
+    write_json(folder / "config.json", rec)
+    hp = folder / "hyperparameters.txt"
+    if hp.is_file():  # the header keeps the run's start date; the list is written anew from cfg
+        head = hp.read_text().split("\n", 1)[0]
+        body = hyperparameter_text(model_name(cfg), cfg).split("\n", 1)[1]
+        atomic_write_text(hp, head + "\n" + body)
 
 
 def save_curves(path, nS, dS, NT, DT):
@@ -93,7 +148,8 @@ def createPath(cfg, results_dir="results", date=None):
             break
         except FileExistsError:
             continue
-    shutil.copy(HERE / "plotFunctions.py", path / "plotFunctions.py")
+    for f in FOLDER_SCRIPTS:
+        shutil.copy(HERE / f, path / f)
     return path, name
 
 

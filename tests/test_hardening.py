@@ -1,4 +1,4 @@
-"""The first hour of a new user (issue 8), as subprocess tests of main.py: resume never damages a
+"""The first hour of a new user, as subprocess tests of main.py: resume never damages a
 result folder, Ctrl-C says the truth, help and start-up lines, figure failures, flag spellings."""
 import json
 import re
@@ -12,6 +12,7 @@ import pytest
 from test_cli import (BASE, ENV, REPO, TIMEOUT, TOY, import_main, io_args, main_cmd, ok, run_main,
                       snapshot)
 
+TOY_ARGV = [str(a) for a in TOY]
 TINY = ["--preset", "P-1h", "--train-subset", 200, "--test-subset", 100, "--T", 8, "--Kmax", 3,
         "--seed", 5, "--quiet"]
 
@@ -51,7 +52,9 @@ def folder(finished, tmp_path):
     (["--epochs", 1], r"already done 2 epochs"),
     (["--T", 5], r"--T would change the experiment \(the folder has 8\)"),
     (["--lr_tab", 0.1, 0.1], r"--lr_tab would change the experiment \(the folder has 0.04 0.08\)"),
-    (["--preset", "P-2h"], r"--preset would change the experiment \(the folder has P-1h\)"),
+    (["--preset", "P-2h"], r"--resume: --preset cannot be given"),
+    # the folder's own preset too: its epochs (a runtime flag) would silently extend the run
+    (["--preset", "P-1h"], r"--resume: --preset cannot be given"),
     (["--no-benchmark"], r"--benchmark would change"),
     (["--seed", 6], r"--seed would change the experiment \(the folder has 5\)"),
 ])
@@ -220,3 +223,60 @@ def test_symmetric_training_ep_only(tmp_path):
     res = json.loads((folder / "results.json").read_text())
     assert len(res["error_test_tab"]) == 1 and "error_test_bptt_tab" not in res
     assert res["error_test_tab"][0] < 70  # learns in one tiny epoch (measured 42 %; chance is 90 %)
+
+
+# A request the model or action cannot honour is refused before any work (exit 2, one line, nothing
+# written): a run records only what it runs.  In-process through main.main, so each case costs no
+# interpreter start.
+REFUSED = [
+    (["--preset", "P-conv", "--dt", "0.5"], r"--dt: not used by the conv net, whose step is always 1"),
+    (["--preset", "P-1h", "--no-clamp"], r"--no-clamp: not used by the prototypical model"),
+    (["--preset", "P-1h", "--Fconv", "3"], r"--Fconv: not used by a network without --C_tab"),
+    (["--preset", "fig3-P-1h", "--epochs", "3"], r"--epochs: not used by --action plotcurves"),
+    (["--preset", "P-1h", "--trials", "5"], r"--trials: not used by --action train"),
+    (["--preset", "fig2-toy", "--discrete"], r"--discrete: not used by the toy model"),
+    (["--preset", "P-1h", "--no-benchmark", "--training-method", "BPTT", "--nudging", "symmetric"],
+     r"--nudging: not used by --training-method BPTT without --benchmark"),
+    (["--preset", "P-1h", "--train-subset", "70000"], r"--train-subset must be in \[1, 60000\]"),
+    (["--preset", "P-1h", "--test-subset", "10001"], r"--test-subset must be in \[1, 10000\]"),
+]
+
+
+@pytest.mark.parametrize("argv,pattern", REFUSED, ids=[" ".join(a) for a in (c[0] for c in REFUSED)])
+def test_contradictions_are_refused_before_any_work(argv, pattern, tmp_path):
+    """The shared check (experiment.validate, which main.py and reproduce.py both call) refuses them;
+    checked without main.main so that a check that wrongly passes cannot start a 30-epoch run."""
+    main = import_main()
+    import experiment
+    with pytest.raises(experiment.UsageError, match=pattern):
+        experiment.validate(main.parse_args(argv + ["--results-dir", str(tmp_path / "r")]))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_refusal_through_main_is_one_line_exit_2(tmp_path, capsys):
+    main = import_main()
+    code = main.main(REFUSED[0][0] + ["--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert re.search(REFUSED[0][1], err) and not (tmp_path / "r").exists()
+
+
+def test_a_preset_flag_the_action_ignores_is_left_out():
+    """--preset P-conv --action plotcurves: the preset's training flags (epochs, lr_tab, benchmark)
+    are not applied, so neither refused nor recorded; its model flags are."""
+    main = import_main()
+    cfg = main.parse_args(["--preset", "P-conv", "--action", "plotcurves"])
+    assert not {"epochs", "lr_tab", "benchmark"} & set(cfg.explicit)
+    assert cfg.epochs == 1 and cfg.benchmark is False and cfg.C_tab == [64, 32, 1] and cfg.T == 200
+    import experiment
+    assert experiment.ignored_flags(cfg) == []
+
+
+def test_results_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    main = import_main()
+    bad = tmp_path / ("x" * 300)  # a name longer than the file system allows: mkdir fails
+    code = main.main(TOY_ARGV + ["--action", "plotcurves", "--results-dir", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "cannot create the result folder" in err
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import metrics as mt  # noqa: E402
 import plotFunctions as pf  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "plotFunctions.py")
@@ -19,10 +20,10 @@ SCRIPT = os.path.join(ROOT, "plotFunctions.py")
 def test_compute_nTdT():
     NT = [np.array([[1.0, 2.0], [3.0, 2.0], [6.0, 0.0]])]
     DT = [2 * NT[0]]
-    nT, dT = pf.compute_nTdT(NT, DT)
+    nT, dT = mt.compute_nTdT(NT, DT)
     np.testing.assert_allclose(nT[0], [[0, 0], [2, 0], [3, -2]])
     np.testing.assert_allclose(dT[0], [[0, 0], [4, 0], [6, -4]])
-    nT, dT = pf.compute_nTdT(NT, DT, zero_first=False)
+    nT, dT = mt.compute_nTdT(NT, DT, zero_first=False)
     np.testing.assert_allclose(nT[0], [[1, 2], [2, 0], [3, -2]])
     np.testing.assert_allclose(nT[0].sum(0), NT[0][-1])  # increments add up
     np.testing.assert_allclose(dT[0][0], [2, 4])
@@ -33,36 +34,36 @@ def test_rmse_layer():
     b = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 4.0]])
     # comp0: sqrt(1 / max(1, 2)); comp1: both zero -> 0; comp2: sqrt(9 / max(25, 16))
     expected = (np.sqrt(0.5) + 0.0 + 0.6) / 3
-    assert pf.rmse_layer(a, b) == pytest.approx(expected)
-    assert pf.rmse_layer(a, a) == 0.0
-    assert pf.rmse_layer(np.zeros((3, 2)), np.zeros((3, 2))) == 0.0
-    assert pf.rmse_layer(np.zeros((3, 1)), np.ones((3, 1))) == pytest.approx(1.0)  # one zero
-    assert pf.rmse_layer(np.ones((2, 2, 2)), -np.ones((2, 2, 2))) == pytest.approx(2.0)
-    assert isinstance(pf.rmse_layer(a, b), float)
+    assert mt.rmse_layer(a, b) == pytest.approx(expected)
+    assert mt.rmse_layer(a, a) == 0.0
+    assert mt.rmse_layer(np.zeros((3, 2)), np.zeros((3, 2))) == 0.0
+    assert mt.rmse_layer(np.zeros((3, 1)), np.ones((3, 1))) == pytest.approx(1.0)  # one zero
+    assert mt.rmse_layer(np.ones((2, 2, 2)), -np.ones((2, 2, 2))) == pytest.approx(2.0)
+    assert isinstance(mt.rmse_layer(a, b), float)
 
 
 def test_cosine():
-    assert pf.cosine([1, 0], [0, 1]) == pytest.approx(0.0)
-    assert pf.cosine([1, 2], [2, 4]) == pytest.approx(1.0)
-    assert pf.cosine([[1, 2]], [[-1, -2]]) == pytest.approx(-1.0)
-    assert pf.cosine(np.zeros(3), np.zeros(3)) == 1.0
-    assert pf.cosine(np.zeros(3), np.ones(3)) == 0.0
-    assert pf.cosine(np.ones(3), np.zeros(3)) == 0.0
+    assert mt.cosine([1, 0], [0, 1]) == pytest.approx(0.0)
+    assert mt.cosine([1, 2], [2, 4]) == pytest.approx(1.0)
+    assert mt.cosine([[1, 2]], [[-1, -2]]) == pytest.approx(-1.0)
+    assert mt.cosine(np.zeros(3), np.zeros(3)) == 1.0
+    assert mt.cosine(np.zeros(3), np.ones(3)) == 0.0
+    assert mt.cosine(np.ones(3), np.zeros(3)) == 0.0
 
 
 def test_cosine_total_and_steps():
     a = np.array([[1.0, 0.0], [0.0, 1.0]])
     b = np.array([[0.0, 1.0], [1.0, 0.0]])
-    tot, steps = pf.cosine_total_and_steps(a, b)
+    tot, steps = mt.cosine_total_and_steps(a, b)
     assert tot == pytest.approx(1.0) and steps == pytest.approx(0.0)
 
 
 def test_sign_agreement():
     a = np.array([1.0, -2.0, 0.0, 3.0, 0.0])
     b = np.array([2.0, -1.0, 0.0, -3.0, 5.0])
-    same, zero = pf.sign_agreement(a, b)
+    same, zero = mt.sign_agreement(a, b)
     assert same == pytest.approx(40.0) and zero == pytest.approx(20.0)
-    assert pf.sign_agreement(np.zeros(4), np.zeros(4)) == (0.0, 100.0)
+    assert mt.sign_agreement(np.zeros(4), np.zeros(4)) == (0.0, 100.0)
 
 
 def _processes(rng, K, neuron_shapes, weight_shapes, scale=1e-3):
@@ -76,7 +77,7 @@ def _processes(rng, K, neuron_shapes, weight_shapes, scale=1e-3):
 def test_gdu_metrics_identical():
     rng = np.random.RandomState(1)
     nS, _, NT, _ = _processes(rng, 4, [(3,), (2, 3, 3)], [(3, 5), (2, 1, 3, 3)])
-    m = pf.gdu_metrics(nS, nS, NT, NT, ["s^0", "s^1"], ["W_{01}", "W_{1x}"])
+    m = mt.gdu_metrics(nS, nS, NT, NT, ["s^0", "s^1"], ["W_{01}", "W_{1x}"])
     json.dumps(m)  # serialisable
     for group in ("neurons", "synapses"):
         for d in m[group].values():
@@ -90,7 +91,7 @@ def test_gdu_metrics_identical():
 def test_compute_Hist_uses_cumulated_synapses():
     NT = [np.array([[1.0], [2.0]])]
     DT = [np.array([[1.0], [1.0]])]  # same first step, EP adds nothing at k=1
-    rn, rs = pf.compute_Hist([np.ones((2, 1))], [np.ones((2, 1))], NT, DT)
+    rn, rs = mt.compute_Hist([np.ones((2, 1))], [np.ones((2, 1))], NT, DT)
     assert rn == [0.0]
     assert rs[0] == pytest.approx(np.sqrt(1 / 5))
 
@@ -114,7 +115,11 @@ def _check_pngs(folder, names):
 
 
 def _write(folder, res, arrays=None):
+    """A result folder as the runs leave it: results.json (curves.npz) and the metrics.py copy that
+    plotFunctions.py imports (results.createPath copies both scripts into every folder)."""
+    import shutil
     folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "metrics.py"), folder / "metrics.py")
     (folder / "results.json").write_text(json.dumps(res))
     if arrays is not None:
         np.savez(folder / "curves.npz", **arrays)
@@ -137,7 +142,7 @@ def _curves_folder(folder, conv):
     res = {"action": "plotcurves", "model": "conv" if conv else "ep_disc_2hidden",
            "title": "synthetic", "toymodel": False, "conv": conv, "T": 30, "Kmax": K,
            "beta": 0.1, "neuron_names": names, "synapse_names": syn,
-           "metrics": pf.gdu_metrics(nS, dS, NT, DT, names, syn)}
+           "metrics": mt.gdu_metrics(nS, dS, NT, DT, names, syn)}
     _write(folder, res, arrays)
 
 
@@ -242,19 +247,19 @@ def test_step_cosines_skip_steps_without_signal():
     """A step where BPTT is exactly zero and EP leaves round-off carries no signal: skipped, not 0."""
     a = np.array([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
     b = np.array([[1.0, 2.0], [1e-12, -1e-12], [-3.0, 1.0]])
-    assert pf.step_cosines(a, b) == pytest.approx(0.0)  # (1 + (-1)) / 2, the middle step skipped
-    assert pf.step_cosines(np.zeros((3, 2)), np.zeros((3, 2))) == 1.0
+    assert mt.step_cosines(a, b) == pytest.approx(0.0)  # (1 + (-1)) / 2, the middle step skipped
+    assert mt.step_cosines(np.zeros((3, 2)), np.zeros((3, 2))) == 1.0
     # a real disagreement is kept: EP silent where BPTT is not
-    assert pf.step_cosines(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 0.0], [1.0, 1.0]])) == pytest.approx(0.5)
+    assert mt.step_cosines(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 0.0], [1.0, 1.0]])) == pytest.approx(0.5)
     # increments of a cumulated process, made lazily
     X = np.cumsum(np.arange(6.0).reshape(3, 2), 0)
-    inc = pf._Increments(X)
+    inc = mt._Increments(X)
     assert len(inc) == 3 and np.allclose([inc[k] for k in range(3)], np.arange(6.0).reshape(3, 2))
 
 
 def test_process_cosine_weighs_steps_by_size():
     a = np.array([[1.0, 0.0], [0.0, 0.0]])
     b = np.array([[1.0, 0.0], [0.0, 0.01]])
-    assert pf.process_cosine(a, b) == pytest.approx(1.0 / np.sqrt(1.0001))
-    assert pf.step_cosines(a, b) == pytest.approx(0.5)  # the tiny EP-only step counts fully here
-    assert pf.process_cosine(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
+    assert mt.process_cosine(a, b) == pytest.approx(1.0 / np.sqrt(1.0001))
+    assert mt.step_cosines(a, b) == pytest.approx(0.5)  # the tiny EP-only step counts fully here
+    assert mt.process_cosine(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
