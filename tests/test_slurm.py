@@ -118,11 +118,17 @@ def test_sweep_runs_on_slurm_and_aggregates(cluster, tmp_path):
     assert load(results / "table1.json")["pending"] == []
 
 
+# Long enough that the requeue lands while the run trains: on a loaded machine polling the job can
+# take seconds, and an epoch of 10 000 images takes ~2 s alone (a requeue after the last epoch
+# would restart a finished run, which resumes nothing).
+REQUEUE_EPOCHS = 6
+
+
 def test_requeued_job_resumes_from_its_checkpoint(cluster, tmp_path):
     """`scontrol requeue` after the first epoch: the job is killed and started again under the same
     id; it resumes the run from its checkpoint, so epoch 1 is not recomputed."""
     results = tmp_path / "requeue"
-    proc = ok(repro(cluster, "--presets", "P-1h", "--seeds", 1, "--epochs", 3, "--train-subset", 10000,
+    proc = ok(repro(cluster, "--presets", "P-1h", "--seeds", 1, "--epochs", REQUEUE_EPOCHS, "--train-subset", 10000,
                     "--test-subset", 100, *SLURM, "--data-dir", DATA, "--results-dir", results))
     jobs = submitted(proc)
     assert list(jobs) == ["P-1h seed 1"], proc.stdout
@@ -134,7 +140,7 @@ def test_requeued_job_resumes_from_its_checkpoint(cluster, tmp_path):
         info = cluster.job_info(job_id)
         assert info.get("JobState") in ("PENDING", "CONFIGURING", "RUNNING"), f"{info}\n" + job_logs(jobs)
         time.sleep(0.2)
-    assert first["epochs_done"] < 3, "the run ended before it could be requeued: make it longer"
+    assert first["epochs_done"] < REQUEUE_EPOCHS - 2, "the run was nearly over before its requeue: make it longer"
     cluster.run("scontrol", "requeue", job_id)
     # a requeued job waits two minutes before it may start again (Slurm's BeginTime): not here
     deadline = time.monotonic() + 30
@@ -147,19 +153,19 @@ def test_requeued_job_resumes_from_its_checkpoint(cluster, tmp_path):
 
     trial = trial_of(results, "P-1h", 1)
     res = load(trial / "results.json")
-    assert res["epochs_done"] == 3 and "diverged" not in res, res
+    assert res["epochs_done"] == REQUEUE_EPOCHS and "diverged" not in res, res
     tabs = [k for k in first if k.endswith("_tab") and not k.startswith("seconds")]
     assert "error_test_tab" in tabs and "error_test_bptt_tab" in tabs, tabs
     for k in tabs:
-        assert len(res[k]) == 3, (k, res[k])
+        assert len(res[k]) == REQUEUE_EPOCHS, (k, res[k])
         assert res[k][:first["epochs_done"]] == first[k], (k, first[k], res[k])  # not recomputed
     resumed = load(trial / "config.json").get("resumed")
-    assert resumed and resumed[-1]["epochs"] == 3, resumed
+    assert resumed and resumed[-1]["epochs"] == REQUEUE_EPOCHS, resumed
     text = log.read_text()  # submitit appends the second start's output to the job's log
-    assert re.search(r"\[P-1h seed 1\] resume from epoch [12]/3", text), job_logs(jobs)
+    assert re.search(rf"\[P-1h seed 1\] resume from epoch \d/{REQUEUE_EPOCHS}", text), job_logs(jobs)
     ok(repro(cluster, "--table-only", "--results-dir", results))
     rows = load(results / "table1.json")["rows"]
-    assert [(r["method"], r["epochs_done"]) for r in rows] == [("EP", [3]), ("BPTT", [3])], rows
+    assert [(r["method"], r["epochs_done"]) for r in rows] == [("EP", [REQUEUE_EPOCHS]), ("BPTT", [REQUEUE_EPOCHS])], rows
 
 
 def test_controller_down_is_refused_in_one_line(cluster, tmp_path):
