@@ -225,6 +225,9 @@ def bench_population(device, sizes, names=POPULATION_SETTINGS, repeats=5):
     rows = []
     for name in names:
         args = make_args(name, dict(training_method="EP", benchmark=False))
+        if args.kind != "fc":
+            print(f"{name:6} skipped: population.py stacks the fully connected nets only", flush=True)
+            continue
         torch.manual_seed(0)
         single = build_net(args).to(device)
         x1 = torch.rand(B, 784, device=device)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config import DEFAULTS, FIELDS, Config, flag_name
+from config import DEFAULTS, FIELDS, METHODS, Config, flag_name
 
 N_TRAIN, N_TEST = 60000, 10000  # MNIST
 # What --resume accepts besides --epochs: flags that change how a run is executed, not what it computes.
@@ -167,8 +167,10 @@ def validate(cfg, epochs_done=0):
     Config with resume set, the resumed run's own Config is checked and returned (resolve_resume)."""
     if cfg.resume and epochs_done == 0:
         cfg, ck = resolve_resume(cfg)
-        validate(cfg, ck["epoch"])
-        return cfg
+        return validate(cfg, ck["epoch"])
+    if cfg.training_method not in METHODS:
+        raise UsageError(f"--training-method must be one of {', '.join(sorted(METHODS))} (got {cfg.training_method})")
+    cfg = cfg.replace(training_method=METHODS[cfg.training_method])  # eqprop -> EP: what train() dispatches on
     _check_ranges(cfg)
     _check_model(cfg)
     bad = ignored_flags(cfg)

@@ -1,15 +1,16 @@
-"""Populations: N runs of one fully connected net trained as one batched computation.
+"""Populations: M runs of one fully connected net trained as one batched computation.
 
-A single run of a small net (P-1h's step is a 20 x 512 x 10 product) is bound by the fixed cost of
-each tensor operation, not by arithmetic.  A population stacks the parameters of N runs that share
-the architecture, T and Kmax along a leading member dimension M, so that one torch.baddbmm does
-the step of every member at once.  Members may differ only in what MAY_DIFFER lists (seed, lr_tab,
-beta, nudging, the results directory).
+A single run of a small net (P-1h's step is a 20 x 512 x 10 product) is largely bound by the fixed
+cost of each tensor operation (on a GPU entirely; on a CPU the 784 x 512 input products are real
+arithmetic, and stay so: see `python bench.py --population 1 5 32`).  A population stacks the parameters of M
+runs that share the architecture, T and Kmax along a leading member dimension, so that one
+torch.baddbmm does the step of every member at once.  Members may differ only in what MAY_DIFFER
+lists (seed, lr_tab, beta, nudging, the results directory).
 
     cfgs = [config.preset_config("P-1h", seed=s, training_method="EP") for s in (1, 2, 3)]
     outcomes = population.train_population(cfgs)       # one experiment.Outcome per member
 
-Each member is exactly its single run (experiment.run with the same Config): the same initial
+Each member is its single run (experiment.run with the same Config) to round-off: the same initial
 weights (the same seeding), the same data order (netFunctions.epoch_order(seed, epoch)), the same
 equations, and the same result folder with the same files (results.json, checkpoint.pt,
 config.json, hyperparameters.txt), so `python main.py --resume FOLDER` continues a member alone.
@@ -18,7 +19,8 @@ from the same initial weights (2M nets, in two stacks).  A member whose loss or 
 NaN/inf is reported as its single run would report it and frozen; the others go on.
 
 Supported: EPdisc (prototypical) and EPcont (energy-based, clamped or not), any depth, any
-activation, one-sided, symmetric and random-sign nudging, EP and truncated BPTT, CPU or CUDA.
+activation, one-sided, symmetric and random-sign nudging, EP and truncated BPTT, on the device of
+--device-label (tested on the CPU).
 The conv net and the toy model are not (NotImplementedError / ValueError).
 """
 import math
@@ -79,22 +81,21 @@ class StackedFC:
     member dimension: P = [W_0, b_0, W_1, b_1, ...], W_n (M, d_n, d_{n+1}), b_n (M, d_n); states
     s_n (M, B, d_n); inputs x (M, B, d_x) (each member its own batch) or (B, d_x) (shared).
 
-    A faithful batched transcription of netClasses._LayeredFC (drive, pre, step), EPNet's EP
-    update (computeGradients + updateWeights, in fastpath's fused two-phase form) and its truncated
-    BPTT window (bptt_window: T - K free steps, then autograd through the last K transitions, as
-    net.bptt_grads computes).  The layer equations themselves, phi and settle, are the template
-    net's own methods.  tests/test_population.py holds every member to its single net (plain and
-    fast paths) at 1e-12 in float64.
-
-    The phases without autograd (free, nudged, evaluation, the start of the BPTT window) run on a
-    batched transcription of fastpath's in-place, pre-scaled stepper (fast_context, fast_step);
-    `step` (the plain form) runs the BPTT window under autograd.
+    A faithful batched transcription of the speed layer's form of netClasses' equations
+    (fastpath.layered_context and layered_step: the couplings pre-scaled once per batch, so that
+    rho(h) is prim(u) of a scaled pre-activation u), of EPNet's EP update (fastpath's fused
+    two-phase form of computeGradients + updateWeights) and of its truncated BPTT window
+    (EPNet.bptt_window, what net.bptt_grads computes: T - Kmax free steps, then autograd through
+    the last Kmax transitions).  The step is written out of place, so that autograd runs through
+    it.  tests/test_population.py holds every member to its single net, on the plain and the fast
+    path, in float64: free states, BPTT gradients and weights at 1e-12, EP updates at 1e-12 or, where
+    an update is a small difference of large Hebbian terms, as closely as those two paths agree.
 
     beta (M,), lr (M, L) and symmetric (M,) bool (symmetric nudging) are per member; a frozen
     member has lr 0 and zero weights."""
 
     def __init__(self, template, P, beta, lr, symmetric):
-        self.net = template
+        self.net = template  # its hyperparameters (T, Kmax, dt, clamp, sizes) and its rho, rho', phi
         self.P = P
         self.beta, self.lr, self.symmetric = beta, lr, symmetric
         self.any_symmetric = bool(symmetric.any())
@@ -105,125 +106,91 @@ class StackedFC:
     def M(self):
         return self.P[0].shape[0]
 
+    def members(self, lo, hi):
+        """Members lo..hi-1 as a StackedFC on views of this one's tensors."""
+        return StackedFC(self.net, [p[lo:hi] for p in self.P], self.beta[lo:hi], self.lr[lo:hi],
+                         self.symmetric[lo:hi])
+
+    @property
+    def scale(self):
+        """a: the factor of the pre-scaled couplings, dt in EB, the activation's scale in P."""
+        return self.kern.scale if self.net.prototypical else self.net.dt
+
     def initHidden(self, B):
         w = self.P[0]
         return [torch.zeros(self.M, B, d, dtype=w.dtype, device=w.device) for d in self.net.size_tab[:-1]]
 
-    def drive(self, x, P):
-        """phi(x) W_{N-1,x}^T + b_{N-1}: (M, B, d_{N-1})."""
+    def context(self, x):
+        """What stays fixed during a batch: the hidden couplings a W_n, the biases a b_n (+ the
+        activation's shift in P), (M, 1, d_n), and the scaled input drive
+        dx = a (phi(x) W_{N-1,x}^T + b_{N-1}) (+ shift), (M, B, d_{N-1})."""
+        net, P, a = self.net, self.P, self.scale
+        c = self.kern.shift if net.prototypical else 0.0
+        b = [(a * P[2 * n + 1] + c).unsqueeze(1) for n in range(net.ns)]
+        dx = torch.baddbmm(b[-1], self.phi_x(x), P[-2].transpose(1, 2), alpha=a)
+        return Context.of([a * P[2 * n] for n in range(net.ns - 1)], b, dx)
+
+    def phi_x(self, x):
         px = self.net.phi(x)
-        if px.dim() == 2:
-            px = px.expand(self.M, *px.shape)
-        return torch.baddbmm(P[-1].unsqueeze(1), px, P[-2].transpose(1, 2))
+        return px.expand(self.M, *px.shape) if px.dim() == 2 else px
 
-    def pre(self, a, dx, P, n):
-        """h_n = W_{n,n+1} a_{n+1} + b_n + W_{n-1,n}^T a_{n-1} (the last layer's bottom-up term is dx)."""
-        N = self.net.ns
-        h = dx if n == N - 1 else torch.baddbmm(P[2 * n + 1].unsqueeze(1), a[n + 1], P[2 * n].transpose(1, 2))
-        if n > 0:
-            h = torch.baddbmm(h, a[n - 1], P[2 * n - 2])
-        return h
+    def rho_rhop(self, s):
+        """EB: rho(s_n) and rho'(s_n); without autograd rho' comes from rho (the speed layer's kernel)."""
+        r = [self.net.rho(t) for t in s]
+        if torch.is_grad_enabled():
+            return r, [self.net.rhop(t) for t in s]
+        return r, [self.kern.rhop_from_rho(t, a, torch.empty_like(a)) for t, a in zip(s, r)]
 
-    def step(self, s, d, P, y=None, beta=None):
-        """One synchronous step of every member; beta: None (free) or (M, 1, 1) (nudged)."""
-        net = self.net
-        a = [net.phi(t) for t in s]
+    def step(self, s, ctx, y=None, beta=None):
+        """One synchronous step of every member (fastpath.layered_step, batched, out of place);
+        beta: None (free) or (M, 1, 1) (nudged)."""
+        net, N, dt = self.net, self.net.ns, self.net.dt
+        a, rp = (s, None) if net.prototypical else self.rho_rhop(s)
         out = []
-        for n in range(net.ns):
-            g = net.settle(s[n], self.pre(a, d, P, n), n)
-            if n == 0 and beta is not None:
-                g = g + beta * (y - s[0])
-            out.append(s[n] + (g if net.dt == 1.0 else net.dt * g))  # x * 1.0 == x exactly
+        for n in range(N):  # u = a h_n (+ shift in P)
+            if n == N - 1:
+                u = torch.baddbmm(ctx.dx, a[n - 1], ctx.down[n - 1])
+            else:
+                u = torch.baddbmm(ctx.b[n], a[n + 1], ctx.up[n])
+                if n > 0:
+                    u = u.baddbmm_(a[n - 1], ctx.down[n - 1])  # in place on a new tensor: autograd-safe
+            if net.prototypical:  # s + dt (-s + rho(h))
+                u = self.kern.prim_(u)
+                if dt != 1.0:
+                    u = torch.add(u * dt, s[n], alpha=1.0 - dt)
+            else:  # s + dt (-s + rho'(s) h) (the output layer without rho'), dt h already in u
+                u = torch.add(u if n == 0 else u * rp[n], s[n], alpha=1.0 - dt)
+            out.append(u)
+        if beta is not None:
+            out[0] = out[0] + (y - s[0]) * (beta * dt)
         if net.clamp:
             out = [t.clamp(0.0, 1.0) for t in out]
         return out
 
-    # --- the in-place stepper (no autograd) ------------------------------------------------------
-    @torch.no_grad()
-    def fast_context(self, x):
-        """fastpath.layered_context, batched: the couplings pre-scaled by a = dt (EB) or the
-        activation's scale (P), up[n] = (a W_n)^T (M, d_{n+1}, d_n) and down[n] = a W_n (M, d_n,
-        d_{n+1}) as views whose transposes are contiguous, b[n] = a b_n (+ shift in P) (M, 1, d_n),
-        the scaled input drive dx (M, B, d_{N-1}), and scratch r, rp for rho(s), rho'(s)."""
-        net, P, kern = self.net, self.P, self.kern
-        a, c = (net.dt, 0.0) if not net.prototypical else (kern.scale, kern.shift)
-        W = [a * P[2 * n] for n in range(net.ns - 1)]
-        b = [(a * P[2 * n + 1] + c).unsqueeze(1) for n in range(net.ns)]
-        px = net.phi(x)
-        if px.dim() == 2:
-            px = px.expand(self.M, *px.shape)
-        dx = torch.baddbmm(b[-1], px, P[-2].transpose(1, 2), alpha=a)
-        r = self.initHidden(x.shape[-2])
-        return FastContext([w.transpose(1, 2) for w in W], [w.transpose(1, 2).contiguous().transpose(1, 2) for w in W],
-                           b, dx, r, [torch.empty_like(t) for t in r])
-
-    def fast_step(self, s, ctx, out, y=None, beta=None):
-        """fastpath.layered_step, batched: one step of every member written into the buffers out
-        (never aliasing s); beta None (free) or (M, 1, 1)."""
-        net, kern, N, dt = self.net, self.kern, self.net.ns, self.net.dt
-        if net.prototypical:
-            a = s
-        else:  # neighbours are seen through rho; hidden layers need rho'(s) too
-            a = [torch.mul(s[n], kern.scale, out=ctx.r[n]).add_(kern.shift) for n in range(N)]
-            for n in range(N):
-                kern.prim_(a[n])
-                if n > 0:
-                    kern.rhop_from_rho(s[n], a[n], ctx.rp[n])
-        for n in range(N):
-            u = out[n]
-            if n == N - 1:
-                torch.baddbmm(ctx.dx, a[n - 1], ctx.down[n - 1], out=u)
-            else:
-                torch.baddbmm(ctx.b[n], a[n + 1], ctx.up[n], out=u)
-                if n > 0:
-                    u.baddbmm_(a[n - 1], ctx.down[n - 1])
-            if net.prototypical:  # s + dt (-s + rho(h)), h already in the scaled space
-                kern.prim_(u)
-                if dt != 1.0:
-                    u.mul_(dt).add_(s[n], alpha=1.0 - dt)
-            else:  # s + dt (-s + rho'(s) h), dt already folded into W and b
-                if n > 0:
-                    u.mul_(ctx.rp[n])
-                u.add_(s[n], alpha=1.0 - dt)
-        if beta is not None:
-            out[0].addcmul_(y - s[0], beta * dt)
-        if net.clamp:
-            for t in out:
-                t.clamp_(0.0, 1.0)
-        return out
-
-    @torch.no_grad()
-    def fast_steps(self, s, ctx, steps, y=None, beta=None):
-        """`steps` in-place steps from s (never modified), alternating two new buffers."""
-        bufs = ([torch.empty_like(t) for t in s], [torch.empty_like(t) for t in s])
-        for k in range(steps):
-            s = self.fast_step(s, ctx, bufs[k % 2], y, beta)
-        return s
-
-    # --- the phases -----------------------------------------------------------------------------
-    def run_steps(self, s, d, P, steps, y=None, beta=None):
+    def run_steps(self, s, ctx, steps, y=None, beta=None):
         for _ in range(steps):
-            s = self.step(s, d, P, y, beta)
+            s = self.step(s, ctx, y, beta)
         return s
 
     @torch.no_grad()
     def free_phase(self, x, T=None, ctx=None):
         """T (default net.T) free steps from zero: s(T)."""
-        ctx = self.fast_context(x) if ctx is None else ctx
-        return self.fast_steps(self.initHidden(x.shape[-2]), ctx, self.net.T if T is None else T)
+        ctx = self.context(x) if ctx is None else ctx
+        return self.run_steps(self.initHidden(x.shape[-2]), ctx, self.net.T if T is None else T)
 
+    # --- EP -------------------------------------------------------------------------------------
     @torch.no_grad()
     def ep_batch(self, x, y, sign=None):
         """One EP update of every member (netFunctions.ep_batch): T free steps, Kmax nudged steps
         with beta * sign (sign (M,) +-1, random-sign nudging; None = all +1), and for symmetric
         members a second phase with -beta and the update over 2 beta.  Returns s_0 of the free phase."""
-        K, ctx = self.net.Kmax, self.fast_context(x)
+        K, ctx = self.net.Kmax, self.context(x)
         seq = self.free_phase(x, ctx=ctx)
         beta = self.beta if sign is None else self.beta * sign
-        s = self.fast_steps(seq, ctx, K, y, beta.view(-1, 1, 1))
+        s = self.run_steps(seq, ctx, K, y, beta.view(-1, 1, 1))
         ref = seq
         if self.any_symmetric:
-            s_minus = self.fast_steps(seq, ctx, K, y, -self.beta.view(-1, 1, 1))
+            s_minus = self.run_steps(seq, ctx, K, y, -self.beta.view(-1, 1, 1))
             sym = self.symmetric.view(-1, 1, 1)
             ref = [torch.where(sym, a, b) for a, b in zip(s_minus, seq)]
             beta = torch.where(self.symmetric, 2 * self.beta, beta)
@@ -237,7 +204,6 @@ class StackedFC:
         net, B = self.net, s[0].shape[1]
         k = self.lr / (beta.unsqueeze(1) * B)  # (M, L)
         ps, pr = [net.phi(t) for t in s], [net.phi(t) for t in ref]
-        px = net.phi(x)
         for n in range(net.ns):
             kn = k[:, n].view(-1, 1, 1)
             if n + 1 < net.ns:
@@ -246,31 +212,55 @@ class StackedFC:
                 self.P[2 * n + 1].add_(left.sum(1))
             else:
                 da = (ps[n] - pr[n]).mul_(kn)
-                self.P[2 * n].add_(da.transpose(1, 2) @ px)  # px (B, d_x) or (M, B, d_x)
+                self.P[2 * n].baddbmm_(da.transpose(1, 2), self.phi_x(x))
                 self.P[2 * n + 1].add_(da.sum(1))
 
-    def bptt_grads(self, x, y):
-        """Truncated BPTT of every member through the last Kmax transitions (EPNet.bptt_window):
-        autograd of the sum of the members' losses, which gives each member its own gradients.
-        Returns (s_0(T), grads aligned with P)."""
+    # --- truncated BPTT -------------------------------------------------------------------------
+    def bptt_window(self, x, y):
+        """T - Kmax free steps, then autograd through the last Kmax transitions of every member
+        (the sum of the members' losses gives each member its own gradients).  The gradients are
+        taken w.r.t. the batch's pre-scaled context, a leaf per tensor: the input drive dx is one,
+        so the input weights' gradient is one product with phi(x) (see to_param_grads).
+        Returns (s_0(T), dL/d(a W_n), dL/d(b[n]) for n < N-1, dL/ddx)."""
         K = self.net.Kmax
-        s = self.free_phase(x, T=self.net.T - K)
+        with torch.no_grad():
+            ctx = self.context(x)
+            s = self.run_steps(self.initHidden(x.shape[-2]), ctx, self.net.T - K)
         with torch.enable_grad():
-            P = [p.detach().requires_grad_() for p in self.P]
-            s = self.run_steps(s, self.drive(x, P), P, K)
+            W = [w.detach().requires_grad_() for w in ctx.W]
+            b = [t.detach().requires_grad_() for t in ctx.b[:-1]]
+            dx = ctx.dx.detach().requires_grad_()
+            s = self.run_steps(s, Context.of(W, b + [None], dx), K)
             L = 0.5 * ((s[0] - y) ** 2).sum() / y.shape[1]
-            grads = torch.autograd.grad(L, P, materialize_grads=True)
-        return s[0].detach(), list(grads)
+            g = torch.autograd.grad(L, W + b + [dx], materialize_grads=True)
+        nW = len(W)
+        return s[0].detach(), list(g[:nW]), list(g[nW:2 * nW]), g[-1]
+
+    def bptt_grads(self, x, y):
+        """(s_0(T), gradients aligned with P): what net.bptt_grads returns, for every member."""
+        s0, gW, gb, gdx = self.bptt_window(x, y)
+        a = self.scale
+        grads = []
+        for n in range(len(gW)):
+            grads += [a * gW[n], a * gb[n].squeeze(1)]
+        grads += [a * (gdx.transpose(1, 2) @ self.phi_x(x)), a * gdx.sum(1)]
+        return s0, grads
 
     @torch.no_grad()
     def bptt_batch(self, x, y):
-        """One truncated-BPTT SGD step of every member (netFunctions.bptt_batch).  Returns s_0(T)."""
-        s0, grads = self.bptt_grads(x, y)
-        for i, g in enumerate(grads):
-            lr = self.lr[:, i // 2]
-            self.P[i].sub_(g * lr.view(-1, *[1] * (g.dim() - 1)))
+        """One truncated-BPTT SGD step of every member (netFunctions.bptt_batch), the input weights'
+        gradient and update fused into one product.  Returns s_0(T)."""
+        s0, gW, gb, gdx = self.bptt_window(x, y)
+        k = -self.scale * self.lr  # (M, L)
+        for n in range(len(gW)):
+            self.P[2 * n].add_(gW[n].mul_(k[:, n].view(-1, 1, 1)))
+            self.P[2 * n + 1].add_(gb[n].squeeze(1).mul_(k[:, n].view(-1, 1)))
+        G = gdx.mul_(k[:, -1].view(-1, 1, 1))
+        self.P[-2].baddbmm_(G.transpose(1, 2), self.phi_x(x))
+        self.P[-1].add_(G.sum(1))
         return s0
 
+    # --- divergence -----------------------------------------------------------------------------
     @torch.no_grad()
     def freeze(self, m):
         """Member m stops: zero weights (finite states from now on) and learning rates 0."""
@@ -284,14 +274,21 @@ class StackedFC:
 
 
 @dataclass
-class FastContext:
-    """What stays fixed during a batch on the in-place stepper (StackedFC.fast_context)."""
+class Context:
+    """What stays fixed during a batch (StackedFC.context): the pre-scaled couplings W[n] (M, d_n,
+    d_{n+1}) with their two views, up[n] = W[n]^T for h_n += a_{n+1} up[n] and down[n] = W[n] laid
+    out so that its transpose is contiguous, for h_{n+1} += a_n down[n] (the a @ M^T form that
+    fastpath found fastest); the biases b[n] (M, 1, d_n); the input drive dx (M, B, d_{N-1})."""
+    W: list
     up: list
     down: list
     b: list
     dx: torch.Tensor
-    r: list
-    rp: list
+
+    @classmethod
+    def of(cls, W, b, dx):
+        return cls(W, [w.transpose(1, 2) for w in W], [w.transpose(1, 2).contiguous().transpose(1, 2) for w in W],
+                   b, dx)
 
 
 @dataclass
@@ -415,13 +412,22 @@ def train_epoch(run, cfgs, X, Y, epoch, frozen):
                       time.perf_counter() - t0)
 
 
+EVAL_ELEMENTS = 2 ** 21  # states of at most this many numbers per evaluation chunk (a few MB each)
+
+
 @torch.no_grad()
 def evaluate(stack, X, Y, batch_size):
-    """Test error % of every member (netFunctions.evaluate): T free steps on the shared test set."""
+    """Test error % of every member (netFunctions.evaluate): T free steps on the shared test set,
+    batch_size examples at a time, in chunks of members small enough to keep every state tensor a
+    few MB (large test batches are arithmetic-bound: stacking more members gains nothing there)."""
+    width = max(stack.net.size_tab[:-1]) * min(batch_size, X.shape[0])
+    chunk = max(1, EVAL_ELEMENTS // width)
     wrong = torch.zeros(stack.M, dtype=torch.long, device=X.device)
-    for i in range(0, X.shape[0], batch_size):
-        x, y = X[i:i + batch_size], Y[i:i + batch_size]
-        wrong += (stack.free_phase(x)[0].argmax(2) != y.argmax(1)).sum(1)
+    for lo in range(0, stack.M, chunk):
+        sub = stack.members(lo, min(stack.M, lo + chunk))
+        for i in range(0, X.shape[0], batch_size):
+            x, y = X[i:i + batch_size], Y[i:i + batch_size]
+            wrong[lo:lo + chunk] += (sub.free_phase(x)[0].argmax(2) != y.argmax(1)).sum(1)
     return [100.0 * w / X.shape[0] for w in wrong.tolist()]
 
 
@@ -556,6 +562,8 @@ def train_population(cfgs, log=print, argv=None, figures=True):
             record_epoch(pop, run, stats, test, progress, time.perf_counter() - t0, log)
             log_epoch(pop, epoch, run, stats, test, progress.stopped, chatter)
         save_epoch(pop, epoch, progress)
+        if len(progress.stopped) == pop.M:
+            break
     if figures:
         for f in progress.folders:
             render(f, chatter, log)

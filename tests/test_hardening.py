@@ -280,3 +280,15 @@ def test_results_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "cannot create the result folder" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_returns_the_canonical_method():
+    """A Config made in code (config.preset_config) carries the original's default spelling "eqprop";
+    the validated Config that experiment.run trains with says EP, the name training dispatches on."""
+    import config
+    import experiment
+    cfg = config.preset_config("P-1h", seed=1)
+    assert cfg.training_method == "eqprop"
+    assert experiment.validate(cfg).training_method == "EP"
+    with pytest.raises(experiment.UsageError, match="--training-method must be one of"):
+        experiment.validate(cfg.replace(training_method="backprop"))

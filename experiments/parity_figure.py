@@ -1,0 +1,53 @@
+"""The P-1h drift against the length of the nudged phase: train error per epoch of one-sided EP (T 40,
+beta 0.1, P-1h's learning rates) for each K, one thin line per seed, from the sweeps' table1.json, and
+the runs of experiments/reference.py (EP compared with the free state continued for K steps).
+
+    python experiments/parity_figure.py --out docs/table1/experiments/parity.png \\
+        docs/table1/parity-K13 docs/table1/parity-K14 ... [--reference docs/table1/experiments/reference/continued-K15.json]
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("sweeps", nargs="+", help="sweep folders holding table1.json")
+    p.add_argument("--reference", nargs="*", default=[], help="experiments/reference.py JSON files")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, sweep in enumerate(a.sweeps):
+        for row in json.loads((Path(sweep) / "table1.json").read_text())["rows"]:
+            K = next((row["flags"][j + 1] for j, f in enumerate(row["flags"]) if f == "--Kmax"), "15")
+            parity = "odd" if int(K) % 2 else "even"
+            for j, seed in enumerate(row["per_seed"]):
+                for ax, key in zip(axes, ("train_error", "test_error")):
+                    ax.plot(range(1, len(seed[key]) + 1), seed[key], color=colours[i % len(colours)],
+                            ls="-" if parity == "even" else "--", lw=1.2,
+                            label=f"K {K} ({parity})" if j == 0 else None)
+    for path in a.reference:
+        for j, run in enumerate(json.loads(Path(path).read_text())["runs"]):
+            for ax, key in zip(axes, ("train_error", "test_error")):
+                ax.plot(range(1, len(run[key]) + 1), run[key], color="k", lw=2, ls=":",
+                        label=f"K {run['Kmax']}, reference s(T+K)" if j == 0 else None)
+    for ax, what in zip(axes, ("train", "test")):
+        ax.set(xlabel="epoch", ylabel=f"{what} error (%)", yscale="log",
+               title=f"P-1h one-sided EP, T 40: {what} error (dashed: odd K)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+    print(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

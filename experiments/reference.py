@@ -1,0 +1,85 @@
+"""Which state should one-sided EP compare the nudged state with?  A test of the parity explanation of
+the P-1h drift (docs/table1/README.md).
+
+One-sided EP updates with (1/beta)[dPhi(s^beta(T+K)) - dPhi(s(T))].  Split that difference into what
+K more steps do without any nudge, dPhi(s(T+K)) - dPhi(s(T)) (zero on a fixed point, the difference of
+two states on a 2-cycle of the prototypical dynamics when K is odd), and what the nudge adds,
+dPhi(s^beta(T+K)) - dPhi(s(T+K)).  The first part does not depend on beta, so divided by beta it grows
+as beta shrinks; symmetric nudging cancels it exactly and random-sign nudging on average.  If it is
+what makes one-sided EP drift at T 40 / K 15, then comparing with the free state continued for K
+steps, s(T+K), must remove the drift.
+
+This trains the P-1h preset, EP only, one-sided, with either reference: "free" (s(T), the paper's:
+this loop then equals `main.py --preset P-1h --no-benchmark` batch for batch) or "continued"
+(s(T+K)), and writes the train and test error per epoch.
+
+    python experiments/reference.py --reference continued --seeds 1 2 --epochs 15 --Kmax 15 \\
+        --out docs/table1/experiments/reference
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import mnist  # noqa: E402
+import netFunctions as nf  # noqa: E402
+import results as rs  # noqa: E402
+from config import preset_config  # noqa: E402
+from netClasses import build_net  # noqa: E402
+
+
+@torch.no_grad()
+def epoch(net, X, Y, seed, e, reference):
+    """One epoch of one-sided EP in the data order of a single run; the train error in %."""
+    perm, B, wrong = nf.epoch_order(X.shape[0], seed, e), 20, 0
+    for i in range(0, X.shape[0], B):
+        idx = perm[i:i + B]
+        x, y = X[idx], Y[idx]
+        ctx = net.context(x)
+        seq = net.free_phase(x, ctx=ctx)
+        wrong += int((seq[0].argmax(1) != y.argmax(1)).sum())
+        ref = net.clone_state(seq) if reference == "free" else net.run_steps(seq, ctx, net.Kmax)
+        s = net.nudged_phase(x, seq, y, ctx=ctx)
+        net.ep_update(net.beta, x, s, ref)
+    return 100.0 * wrong / X.shape[0]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reference", choices=("free", "continued"), required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--Kmax", type=int, default=15)
+    p.add_argument("--out", default="docs/table1/experiments/reference")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    quiet = dict(log=lambda *a, **k: None)
+    Xtr, Ytr = mnist.load_mnist("data", True, None, True, torch.device("cpu"), **quiet)
+    Xte, Yte = mnist.load_mnist("data", False, None, True, torch.device("cpu"), **quiet)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in a.seeds:
+        cfg = preset_config("P-1h", seed=seed, benchmark=False, Kmax=a.Kmax)
+        nf.set_seed(seed)
+        torch.manual_seed(seed)  # the initial weights of a single run with this seed
+        net = build_net(cfg)
+        row = dict(seed=seed, reference=a.reference, Kmax=a.Kmax, train_error=[], test_error=[], seconds=[])
+        rows.append(row)
+        for e in range(1, a.epochs + 1):
+            t0 = time.perf_counter()
+            row["train_error"].append(epoch(net, Xtr, Ytr, seed, e, a.reference))
+            row["test_error"].append(nf.evaluate(net, Xte, Yte))
+            row["seconds"].append(round(time.perf_counter() - t0, 1))
+            print(f"seed {seed} K {a.Kmax} reference {a.reference} epoch {e}: train {row['train_error'][-1]:.2f} % "
+                  f"test {row['test_error'][-1]:.2f} %", flush=True)
+            rs.write_json(out / f"{a.reference}-K{a.Kmax}.json", dict(
+                command=" ".join(["python", "experiments/reference.py", *sys.argv[1:]]), runs=rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
