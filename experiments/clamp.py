@@ -43,11 +43,12 @@ def probe(cfg, folder, X, Y):
                 own_unit_at_zero=[float((s0[label == c, c] == 0).float().mean()) for c in range(10)])
 
 
-def run_one(seed, clamp, epochs, root, X, Y, log):
+def run_one(seed, clamp, epochs, root, X, Y, log, save):
     cfg = preset_config("EB-1h", seed=seed, benchmark=False, training_method="BPTT", quiet=True, threads=1,
                         results_dir=str(root / ("clamp" if clamp else "no-clamp") / f"seed-{seed}"),
                         **({} if clamp else {"no_clamp": True}))
     rows, folder = [], None
+    run = dict(seed=seed, clamp=clamp, folder=None, epochs=rows)
     for e in range(1, epochs + 1):
         out = experiment.run(cfg.replace(epochs=e, resume=folder and str(folder)), log=lambda *a, **k: None)
         if out.code:
@@ -56,11 +57,13 @@ def run_one(seed, clamp, epochs, root, X, Y, log):
         folder = out.folder
         row = probe(cfg, folder, X, Y)
         rows.append(dict(epoch=e, train_error=out.results["error_train_tab"][-1], **row))
+        run["folder"] = str(folder)
+        save(run)
         dead = [c for c in range(10) if row["recall"][c] < 1]
         log(f"seed {seed} {'clamp   ' if clamp else 'no-clamp'} epoch {e:2d}: test {row['test_error']:5.2f} %, "
             f"classes with recall < 1 %: {dead}, own unit at 0 on them: "
             f"{[round(row['own_unit_at_zero'][c], 2) for c in dead]}")
-    return dict(seed=seed, clamp=clamp, folder=str(folder), epochs=rows)
+    return run
 
 
 def plot(runs, path):
@@ -77,8 +80,13 @@ def plot(runs, path):
     axes[0].set(xlabel="epoch", ylabel="test error (%)", yscale="log", title="EB-1h, BPTT only")
     axes[1].set(xlabel="epoch", ylabel="classes with recall < 1 %", title="dead classes")
     axes[0].legend(fontsize=8)
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
     for a in axes:
-        a.grid(alpha=0.3)
+        a.grid(alpha=0.3, which="both")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes[0].yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -89,18 +97,28 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", default="docs/table1/experiments/clamp")
     p.add_argument("--runs", default="results/experiments/clamp", help="where the result folders go")
+    p.add_argument("--replot", action="store_true", help="only redraw OUT/clamp.png from OUT/clamp.json")
     a = p.parse_args(argv)
+    if a.replot:
+        import json
+        plot(json.loads((Path(a.out) / "clamp.json").read_text())["runs"], Path(a.out) / "clamp.png")
+        return 0
     torch.set_num_threads(1)
     X, Y = mnist.load_mnist("data", False, None, True, torch.device("cpu"), log=lambda *a, **k: None)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
+
+    def save(run):  # after every epoch: a cut run keeps what it finished
+        if run not in runs:
+            runs.append(run)
+        rs.write_json(out / "clamp.json", dict(command=" ".join(["python", "experiments/clamp.py", *sys.argv[1:]]),
+                                               runs=runs))
+        plot(runs, out / "clamp.png")
+
     for seed in a.seeds:
         for clamp in (True, False):
-            runs.append(run_one(seed, clamp, a.epochs, Path(a.runs), X, Y, lambda m: print(m, flush=True)))
-            rs.write_json(out / "clamp.json", dict(command=" ".join(["python", "experiments/clamp.py", *sys.argv[1:]]),
-                                                   runs=runs))
-            plot(runs, out / "clamp.png")
+            run_one(seed, clamp, a.epochs, Path(a.runs), X, Y, lambda m: print(m, flush=True), save)
     return 0
 
 

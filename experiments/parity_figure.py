@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
 
 def main(argv=None):
@@ -42,6 +43,8 @@ def main(argv=None):
         ax.set(xlabel="epoch", ylabel=f"{what} error (%)", yscale="log",
                title=f"P-1h one-sided EP, T 40: {what} error (dashed: odd K)")
         ax.grid(alpha=0.3, which="both")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
