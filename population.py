@@ -456,13 +456,15 @@ def initial_results(cfg, name, title, suffixes):
 
 
 def make_folders(pop, argv=None):
-    """Every member's result folder with hyperparameters.txt, config.json and its initial results."""
+    """Every member's result folder with hyperparameters.txt, config.json and its initial results.
+    argv: the command line recorded in config.json, one for all members or a list of one per member."""
     made = [rs.createPath(c, c.results_dir) for c in pop.cfgs]
     folders = [p for p, _ in made]
+    argvs = argv if argv and not isinstance(argv[0], str) else [argv] * pop.M
     results = []
     for m, (c, (path, name)) in enumerate(zip(pop.cfgs, made)):
         rs.createHyperparameterfile(path, name, c)
-        write_member_config(path, c, pop.device, population_record(pop.cfgs, m, folders), argv)
+        write_member_config(path, c, pop.device, population_record(pop.cfgs, m, folders), argvs[m])
         results.append(initial_results(c, name, pop.titles[m], [r.suffix for r in pop.runs]))
     return folders, results
 
@@ -542,8 +544,9 @@ def prepare(cfgs):
 
 def train_population(cfgs, log=print, argv=None, figures=True):
     """Train the members of a population, epoch by epoch, as one computation; each member's folder
-    gets its single run's files after every epoch.  Returns one experiment.Outcome per member
-    (code 3 and the message for a member that diverged)."""
+    gets its single run's files after every epoch.  argv: the command line for config.json, shared or
+    one per member.  Returns one experiment.Outcome per member (code 3 and the message for a member
+    that diverged)."""
     cfgs = prepare(cfgs)
     chatter = (lambda *a, **k: None) if cfgs[0].quiet else log
     threads = experiment.thread_count(cfgs[0])
@@ -560,7 +563,7 @@ def train_population(cfgs, log=print, argv=None, figures=True):
             t0 = time.perf_counter()
             test = evaluate(run.stack, Xte, Yte, pop.cfgs[0].test_batch_size)
             record_epoch(pop, run, stats, test, progress, time.perf_counter() - t0, log)
-            log_epoch(pop, epoch, run, stats, test, progress.stopped, chatter)
+            log_epoch(pop, epoch, run, stats, test, progress.stopped, log)  # as a single run's epoch lines
         save_epoch(pop, epoch, progress)
         if len(progress.stopped) == pop.M:
             break

@@ -1,24 +1,27 @@
 """Reproduce Table 1 of Ernoult et al. (NeurIPS 2019): a sweep of training runs over presets x seeds
-that survives kills and several sittings, run locally (a process pool) or on Slurm (submitit), and
-aggregated into DIR/table1.json, table1.md and table1.png (table1.py).
+(x --grid points) that survives kills and several sittings, run locally (a process pool) or on Slurm
+(submitit), and aggregated into DIR/table1.json, table1.md and table1.png (table1.py).
 
     python reproduce.py --presets P-1h EB-1h --seeds 1 2 3 4 5 --workers 2 --results-dir DIR
     python reproduce.py --presets P-2h --seeds 1 2 3 4 5 --results-dir DIR --executor slurm \\
                         --slurm-partition gpu --slurm-time 600 --slurm-gpus 1 --device-label 0
+    python reproduce.py --presets P-1h --seeds 1 2 3 --grid beta=0.1,0.05 --stack --results-dir DIR
     python reproduce.py --table-only --results-dir DIR
 
-A run is one Config (main.parse_args of the equivalent main.py command line), validated before
-anything is written and run in-process by experiment.run, in a worker process or a Slurm job.
+Other flags are main.py's, passed to every run over the preset (--epochs 1 --T 8 ...); all but --data-dir,
+--device-label, --threads and --quiet make the run's identity (its Config, hashed into its folder name), one
+set per results dir.  The same command again skips finished runs and resumes the others.  Exit codes: 0 ok
+(diverged runs are kept), 1 a run or the Slurm submission failed, 2 bad input (nothing written), 130 interrupted.
 """
-import collections
 import concurrent.futures as cf
 import contextlib
 import ctypes
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
-import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -39,10 +42,10 @@ Outcome, UsageError = experiment.Outcome, experiment.UsageError
 RESERVED = {"preset": "the runner sets it from --presets", "seed": "the runner sets it from --seeds",
             "results_dir": "each run has its own folder under --results-dir", "list_presets": "it does not train",
             "resume": "the runner resumes unfinished runs by itself", "action": "Table-1 runs are train runs"}
-# Config fields that change how a run executes, not what it computes: not part of its identity
-RUNTIME = ("data_dir", "device_label", "quiet", "threads")
+RUNTIME = ("data_dir", "device_label", "quiet", "threads")  # how a run executes, not what it computes
 NOT_IDENTITY = RUNTIME + ("results_dir", "resume", "explicit", "list_presets")
-Sweep = collections.namedtuple("Sweep", "results_dir runs flags runtime manifest")
+GRID = {"beta": "beta", "lr-scale": "lr_tab", "nudging": "nudging"}  # --grid KEY: the Config field it sets
+Sweep = dataclasses.make_dataclass("Sweep", ["results_dir", "runs", "flags", "runtime", "manifest"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +53,11 @@ class Run:
     """One training run of the sweep.  Picklable: it travels to workers and Slurm jobs."""
     preset: str
     seed: int
-    flags: tuple        # the sweep's identity flags, canonical
+    flags: tuple        # the run's identity flags (the sweep's and its --grid point's), canonical
     argv: tuple         # the equivalent main.py command line, recorded in config.json
     cfg: config.Config  # main.parse_args(argv)
     folder: Path        # cfg.results_dir
-    label: str          # "<preset> seed <s>", for messages
+    label: str          # "<preset> [<grid point>] seed <s>", for messages
 
 
 def identity(cfg):
@@ -64,15 +67,10 @@ def identity(cfg):
 
 
 def flag_tokens(cfg, fields):
-    """The flags that set `fields` of cfg, sorted by flag: the same experiment written in another
-    order or spelling (--epochs=2, --lr-tab) gives the same tokens."""
-    groups = []
-    for k in fields:
-        v, name = getattr(cfg, k), config.flag_name(k)
-        if isinstance(v, bool):
-            groups.append([name if v else "--no-" + name[2:]])
-        else:
-            groups.append([name, *map(str, v if isinstance(v, list) else [v])])
+    """The flags that set `fields` of cfg, sorted: the same in another order or spelling (--epochs=2, --lr-tab)."""
+    named = ((config.flag_name(k), getattr(cfg, k)) for k in fields)
+    groups = [[n if v else "--no-" + n[2:]] if isinstance(v, bool) else
+              [n, *map(str, v if isinstance(v, list) else [v])] for n, v in named]
     return tuple(t for g in sorted(groups) for t in g)
 
 
@@ -80,14 +78,11 @@ def run_folder(results_dir, preset, seed, flags, cfg):
     """DIR/runs/<preset>__<flags>-<hash of the Config without its seed>/seed-<s>."""
     slug = "_".join(flags).replace("--", "").replace("/", "_")[:48]
     digest = hashlib.sha1(json.dumps(identity(cfg.replace(seed=None)), sort_keys=True).encode()).hexdigest()[:8]
-    tag = (slug + "-" if slug else "") + digest
-    return Path(results_dir) / "runs" / f"{preset}__{tag}" / f"seed-{seed}"
+    return Path(results_dir) / "runs" / f"{preset}__{slug + '-' if slug else ''}{digest}" / f"seed-{seed}"
 
-
-# A run folder holds main.py's <model>/<device>-<date>/Trial-<k>/ (found by globbing)
 
 def has_progress(trial):
-    """A Trial counts once an epoch was saved, or once it diverged (even in its first epoch)."""
+    """A Trial (<model>/<device>-<date>/Trial-<k>/ in a run folder) counts once it saved an epoch or diverged."""
     res, _ = table1.read_json(trial / "results.json")
     return (trial / "checkpoint.pt").is_file() or (
         isinstance(res, dict) and (res.get("epochs_done", 0) > 0 or "diverged" in res))
@@ -107,67 +102,81 @@ def state(run):
     return (live or [None])[0], res, None
 
 
-def say(run, msg):
-    print(f"[{run.label}] {msg}", flush=True)
+def say(who, *msg, files=(), **_):  # msg under [who's label] on stdout, in one write (whole lines), and in files
+    print(f"[{getattr(who, 'label', who)}] {' '.join(map(str, msg))}\n", end="", flush=True)
+    for f in files:
+        print(*msg, file=f, flush=True)
 
 
 class Job:
-    """One run's work in a local worker or a Slurm job: under the folder's lock, discard Trials killed
-    before their first epoch ended, then start the run, resume it from its last checkpoint, or skip it.
+    """A job on a run or a population (a tuple of runs): under every run folder's lock, discard Trials without
+    progress, skip finished runs, resume the others alone or start them (several: together, train_population).
     On preemption or timeout submitit requeues what `checkpoint` returns: the same call, which resumes."""
 
-    def __call__(self, run):
-        out = self.work(run)
-        if out.code not in (0, 3):
-            raise RuntimeError(out.message or f"exit {out.code}")
-        return out
-
-    def work(self, run):
-        run.folder.mkdir(parents=True, exist_ok=True)
-        with open(run.folder / ".lock", "a") as lock:  # held while this process works in the folder
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return Outcome(run.folder, 1, {}, "busy: its folder is locked by another runner or job")
-            for t in table1.trials_of(run.folder):
-                if not has_progress(t):
+    def __call__(self, item):
+        runs, ready = (item if isinstance(item, tuple) else (item,)), []  # item: a Run, or a population (--stack)
+        with contextlib.ExitStack() as held:  # the locks, held while this process works in the folders
+            for run in runs:
+                run.folder.mkdir(parents=True, exist_ok=True)
+                try:
+                    fcntl.flock(held.enter_context(open(run.folder / ".lock", "a")), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    ready.append((None, {}, Outcome(run.folder, 1, {}, "busy: its folder is locked by another "
+                                                                         "runner or job")))
+                    continue
+                for t in [t for t in table1.trials_of(run.folder) if not has_progress(t)]:
                     shutil.rmtree(t, ignore_errors=True)
                     say(run, f"discarded {t} (no checkpoint: killed before its first epoch ended)")
-            trial, res, done = state(run)
-            if done:
-                return done
-            say(run, f"start: {run.folder}" if trial is None else
-                f"resume from epoch {res.get('epochs_done', 0)}/{run.cfg.epochs}: {trial}")
-            with open(run.folder / "runner.log", "a") as logf:
-                def log(*a, **_):
-                    say(run, " ".join(map(str, a)))
-                    print(*a, file=logf, flush=True)
-                try:
-                    out = experiment.run(run.cfg.replace(resume=trial and str(trial)), log=log,
-                                         argv=["main.py", *run.argv])
-                except UsageError as e:
-                    return Outcome(run.folder, 1, {}, f"refused: {e}")
-        if out.code == 0:
-            out.message = f"{out.results.get('epochs_done')}/{run.cfg.epochs} epochs"
-        return out
+                ready.append(state(run))  # (the Trial to resume or None, its results, the Outcome if done)
+            fresh = [i for i, (trial, _, done) in enumerate(ready) if not done and trial is None]
+            together = dict(zip(fresh, self.train([runs[i] for i in fresh]))) if len(fresh) > 1 else {}
+            outs = [done or together.get(i) or self.train([runs[i]], trial, res)[0]
+                    for i, (trial, res, done) in enumerate(ready)]
+        if any(o.code not in (0, 3) for o in outs):  # the job fails, with every run's Outcome for report
+            e = RuntimeError("; ".join(o.message or f"exit {o.code}" for o in outs if o.code not in (0, 3)))
+            e.outcomes = outs
+            raise e
+        return outs if isinstance(item, tuple) else outs[0]
 
-    def checkpoint(self, run):
+    def train(self, runs, trial=None, res=None):
+        """runs[0] alone (resuming `trial` if given), or the runs as one population; an Outcome each."""
+        import population
+        together = f"{runs[0].preset}: population of {len(runs)}" if len(runs) > 1 else ""
+        for run in runs:
+            say(run, f"resume from epoch {res.get('epochs_done', 0)}/{run.cfg.epochs}: {trial}" if trial else
+                f"start: {run.folder}" + (f" (in the {together})" if together else ""))
+        with contextlib.ExitStack() as files:
+            log = functools.partial(say, together or runs[0], files=[
+                files.enter_context(open(r.folder / "runner.log", "a")) for r in runs])
+            try:
+                outs = population.train_population([r.cfg for r in runs], log, [["main.py", *r.argv] for r in runs]) \
+                    if together else [experiment.run(runs[0].cfg.replace(resume=trial and str(trial)), log=log,
+                                                     argv=["main.py", *runs[0].argv])]
+            except UsageError as e:
+                return [Outcome(r.folder, 1, {}, f"refused: {e}") for r in runs]
+        for run, out in zip(runs, outs):
+            out.message = f"{out.results.get('epochs_done')}/{run.cfg.epochs} epochs" if out.code == 0 else out.message
+        return outs
+
+    def checkpoint(self, item):
         from submitit.helpers import DelayedSubmission
-        return DelayedSubmission(self, run)
+        return DelayedSubmission(self, item)
 
 
-def report(run, job=None, out=None):
-    """Print how a run ended (a finished future's or Slurm job's Outcome, or its error); (run, Outcome)."""
+def report(item, job=None, outs=None):
+    """Print how each run of a job ended (given, or the job's result or error); [(run, Outcome)]."""
+    runs = item if isinstance(item, tuple) else (item,)
     try:
-        out = out or job.result()
-    except Exception as e:  # the job's error, re-raised with its traceback: its last line
-        out = Outcome(run.folder, 1, {}, (str(e).strip().splitlines() or [type(e).__name__])[-1])
-    word = {0: "done", 3: "DIVERGED", 130: "INTERRUPTED"}.get(out.code, "FAILED")
-    say(run, word + (f": {out.message}" if out.message else ""))
-    return run, out
+        outs = outs or job.result()
+    except Exception as e:  # a failed job's Outcomes, or its error, re-raised with its traceback: its last line
+        outs = getattr(e, "outcomes", None) or [Outcome(r.folder, 1, {}, (str(e).strip().splitlines()
+                                                                          or [type(e).__name__])[-1]) for r in runs]
+    outs = [outs] if isinstance(outs, Outcome) else outs
+    for run, out in zip(runs, outs):
+        word = {0: "done", 3: "DIVERGED", 130: "INTERRUPTED"}.get(out.code, "FAILED")
+        say(run, word + (f": {out.message}" if out.message else ""))
+    return list(zip(runs, outs))
 
-
-# Executors: one interface, submit(Job(), run), for a local process pool and for submitit's Slurm
 
 def worker_init(parent):
     """A local worker dies with the runner (Linux): a killed sweep leaves nothing training."""
@@ -178,59 +187,57 @@ def worker_init(parent):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def make_executor(args, results_dir, n_runs):
-    if args.executor == "local":
-        return cf.ProcessPoolExecutor(max(1, min(args.workers, n_runs)), multiprocessing.get_context("spawn"),
-                                      initializer=worker_init, initargs=(os.getpid(),))
-    import submitit
-    ex = submitit.AutoExecutor(folder=results_dir / "slurm" / "%j", cluster="slurm",
-                               slurm_max_num_timeout=args.slurm_max_requeues)
-    # jobs unpickle reproduce.Job: the repository must be importable wherever they start
-    setup = [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"]
-    ex.update_parameters(name="ep-table1", timeout_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
-                         mem_gb=args.slurm_mem or None, gpus_per_node=args.slurm_gpus or None,
-                         slurm_partition=args.slurm_partition, slurm_setup=setup,
-                         slurm_array_parallelism=args.slurm_array_parallelism or None)
-    return ex
-
-
-def submit(ex, runs):
-    with (ex.batch() if hasattr(ex, "batch") else contextlib.nullcontext()):  # one array job on Slurm
-        return [ex.submit(Job(), run) for run in runs]
+def jobs_of(runs, stack):
+    """The jobs' items: each run alone or, with --stack, the runs of each preset (consecutive) as one tuple."""
+    return [tuple(g) for _, g in itertools.groupby(runs, lambda r: r.preset)] if stack else list(runs)
 
 
 def run_local(args, sweep):
-    ex = make_executor(args, sweep.results_dir, len(sweep.runs))
+    """Run the sweep's jobs, --workers at once, and aggregate; the exit code."""
+    items = jobs_of(sweep.runs, args.stack)
+    ex = cf.ProcessPoolExecutor(max(1, min(args.workers, len(items))), multiprocessing.get_context("spawn"),
+                                initializer=worker_init, initargs=(os.getpid(),))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed sweep stops its runs too
     try:
-        jobs = dict(zip(submit(ex, sweep.runs), sweep.runs))
-        return [report(jobs[j], j) for j in cf.as_completed(jobs)]
+        write_records(sweep)
+        jobs = {ex.submit(Job(), item): item for item in items}
+        return finish(sweep.results_dir, [ended for j in cf.as_completed(jobs) for ended in report(jobs[j], j)])
     except KeyboardInterrupt:  # stop the runs now: only the epochs in progress are lost
         for p in multiprocessing.active_children():
             p.kill()
-        raise
+        print("reproduce.py: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_slurm(args, sweep):
-    """Submit the runs that need work as one array job and return; nothing is written when the
-    submission fails."""
+    """Submit the runs that need work as one array job and return; a failed submission writes nothing."""
     outs = [state(r)[2] for r in sweep.runs]  # read-only: the jobs discard stale Trials under their lock
     todo = [r for r, out in zip(sweep.runs, outs) if not out or out.code == 1]
     for r, out in zip(sweep.runs, outs):
         if out and out.code != 1:
-            report(r, out=out)
+            report(r, outs=[out])
     if not todo:
         write_records(sweep)
         return finish(sweep.results_dir, [])
-    slurm_dir = sweep.results_dir / "slurm"
-    new_dirs = [d for d in (sweep.results_dir, slurm_dir) if not d.exists()]
-    before = set(slurm_dir.iterdir()) if slurm_dir.is_dir() else set()
+    slurm_dir, items = sweep.results_dir / "slurm", jobs_of(todo, args.stack)
+    new_dirs, before = [d for d in (sweep.results_dir, slurm_dir) if not d.exists()], set(slurm_dir.glob("*"))
     try:
-        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's error, which e holds
-            jobs = submit(make_executor(args, sweep.results_dir, len(todo)), todo)
+        import submitit
+        ex = submitit.AutoExecutor(folder=slurm_dir / "%j", cluster="slurm",
+                                   slurm_max_num_timeout=args.slurm_max_requeues)
+        # jobs unpickle reproduce.Job: the repository must be importable wherever they start
+        setup = [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+        ex.update_parameters(name="ep-table1", timeout_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
+                             mem_gb=args.slurm_mem or None, gpus_per_node=args.slurm_gpus or None,
+                             slurm_partition=args.slurm_partition, slurm_setup=setup,
+                             slurm_array_parallelism=args.slurm_array_parallelism or None)
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), ex.batch():  # one array job
+            jobs = [ex.submit(Job(), item) for item in items]  # (submitit echoes sbatch's error, which e holds)
     except Exception as e:  # sbatch failed (controller down, refused), or submitit could not read its answer
-        for p in (set(slurm_dir.iterdir()) if slurm_dir.is_dir() else set()) - before:  # submitit's pickles
+        for p in set(slurm_dir.glob("*")) - before:  # submitit's pickles
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         for d in new_dirs:
             shutil.rmtree(d, ignore_errors=True)
@@ -238,22 +245,14 @@ def run_slurm(args, sweep):
         print(f"reproduce.py: error: Slurm submission failed, nothing submitted: {cause}", file=sys.stderr)
         return 1
     write_records(sweep)
-    for run, job in zip(todo, jobs):
-        say(run, f"job {job.job_id}, log {job.paths.stdout}")
+    for item, job in zip(items, jobs):
+        for run in item if isinstance(item, tuple) else [item]:
+            say(run, f"job {job.job_id}, log {job.paths.stdout}")
     print(f"{len(jobs)} job(s) submitted; logs in {slurm_dir}\nwhen they have finished: "
           f"python reproduce.py --table-only --results-dir {sweep.results_dir}", flush=True)
     return 0
 
 
-# The command line and the sweep's plan: every Config built and validated before anything is written
-
-EPILOG = """\
-Any other flag is a main.py training flag (python main.py --help), passed to every run and winning over
-the preset, e.g. --epochs 1 --train-subset 2000 --T 8 --Kmax 3.  --data-dir, --device-label, --threads
-and --quiet change only how a run executes, not its identity (its Config, hashed into its folder name).
-A results dir holds one set of the other flags.  The same command again skips finished runs and resumes
-unfinished ones.  Exit codes: 0 ok (diverged runs are kept in the table), 1 a run or the Slurm
-submission failed, 2 bad input (nothing written), 130 interrupted."""
 SLURM = [  # flag, type, default, lower bound, metavar, help
     ("--slurm-partition", str, None, None, "NAME", "partition (if not given: the cluster's default)"),
     ("--slurm-time", int, 1440, 1, "MINUTES", "time limit per job; a job that reaches it requeues and resumes"),
@@ -261,21 +260,22 @@ SLURM = [  # flag, type, default, lower bound, metavar, help
     ("--slurm-gpus", int, 0, 0, "N", "GPUs per job (pass --device-label 0 so that the runs use it)"),
     ("--slurm-mem", float, 16, 0, "GB", "memory per job (0: the cluster's default)"),
     ("--slurm-array-parallelism", int, 0, 0, "N", "jobs of the array running at once (0: submitit's default, 256)"),
-    ("--slurm-max-requeues", int, 20, 0, "N", "timeouts after which a job is not requeued (preemptions do not count)"),
-]
+    ("--slurm-max-requeues", int, 20, 0, "N", "timeouts after which a job is not requeued (preemptions do not count)")]
 
 
 def make_parser():
     p = main_py._Parser(prog="reproduce.py", allow_abbrev=False, formatter_class=main_py._HelpFormatter,
-                        description=__doc__.split("\n\n")[0], epilog=EPILOG)
+                        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     a = p.add_argument
     a("--presets", nargs="+", metavar="NAME", help="train presets (python main.py --list-presets); needed to run")
     a("--seeds", nargs="+", type=int, metavar="S", help="one run per seed and preset; needed to run")
+    a("--grid", nargs="+", metavar="KEY=V1,V2", help="crosses the seeds; KEY: beta, nudging, lr-scale (lr_tab factor)")
+    a("--stack", action="store_true", help="train each preset's runs in one job, as one population (population.py)")
     a("--results-dir", default="results/table1", metavar="DIR", help="the sweep: runs/, sweep.json, table1.*")
     a("--table-only", action="store_true", help="aggregate what is in --results-dir, run nothing")
     a("--executor", choices=["local", "slurm"], default="local",
       help="local: a pool of --workers processes, waits; slurm: submits one array job through submitit, returns")
-    a("--workers", type=int, default=1, metavar="N", help="local: runs at once")
+    a("--workers", type=int, default=1, metavar="N", help="local: jobs at once")
     a("--threads-per-run", type=int, metavar="N", help="= main.py's --threads (if neither: 1, or --slurm-cpus)")
     g = p.add_argument_group("slurm (--executor slurm)")
     for flag, kind, default, _, metavar, help in SLURM:
@@ -283,53 +283,68 @@ def make_parser():
     return p
 
 
-def check_args(args):
+def check_args(args, extra):
+    """Check the runner's flags; (the pass-through flags' Config, the --grid points: each [(KEY, value)])."""
     for name in ("presets", "seeds"):
         values = getattr(args, name)
-        if not values:
-            raise UsageError(f"--{name}: give at least one")
-        dup = sorted({v for v in values if values.count(v) > 1}, key=str)
-        if dup:
-            raise UsageError(f"--{name}: duplicate {', '.join(map(str, dup))}")
-    for flag, _, _, lo, _, _ in SLURM + [("--workers", 0, 0, 1, 0, 0), ("--threads-per-run", 0, 0, 1, 0, 0)]:
-        v = getattr(args, flag[2:].replace("-", "_"))
-        if lo is not None and v is not None and v < lo:
+        dup = sorted({v for v in values or [] if values.count(v) > 1}, key=str)
+        if not values or dup:
+            raise UsageError(f"--{name}: " + (f"duplicate {', '.join(map(str, dup))}" if dup else "give at least one"))
+    for flag, lo in [(f[0], f[3]) for f in SLURM] + [("--workers", 1), ("--threads-per-run", 1)]:
+        if lo is not None and (v := getattr(args, flag[2:].replace("-", "_"))) is not None and v < lo:
             raise UsageError(f"{flag} must be >= {lo} (got {v})")
     trains = sorted(k for k, p in config.PRESETS.items() if p.flags.get("action") == "train")
     for p in args.presets:
         if p not in trains:
             raise UsageError(f"--presets: {p!r} is not a train preset (these are: {', '.join(trains)})")
-    if args.executor == "slurm":
-        missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]  # submitit needs both
-        if missing:
-            raise UsageError(f"--executor slurm: no Slurm on this machine ({' and '.join(missing)} not on PATH)")
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]  # submitit needs both
+    if args.executor == "slurm" and missing:
+        raise UsageError(f"--executor slurm: no Slurm on this machine ({' and '.join(missing)} not on PATH)")
+    given, axes = main_py.parse_args(extra), {}  # the pass-through flags alone: which Config fields they set
+    for item in args.grid or []:
+        key, _, values = item.partition("=")
+        if key not in GRID or "" in values.split(",") or key in axes or key in given.explicit:
+            raise UsageError(f"--grid {item}: expected KEY=V1,V2,... with KEY one of {', '.join(GRID)}, each once "
+                             "(and beta, nudging not also passed as main.py flags)")
+        try:  # each value once (0.1 and 0.10 are one value)
+            axes[key] = dict.fromkeys(s if key == "nudging" else float(s) for s in values.split(","))
+        except ValueError:
+            raise UsageError(f"--grid {item}: beta and lr-scale take numbers")
+    return given, list(itertools.product(*[[(k, v) for v in vs] for k, vs in axes.items()]))
 
 
 def plan(args, extra):
-    """Every check before anything is written; the sweep's runs as validated Configs."""
-    check_args(args)
-    given = main_py.parse_args(extra)  # the pass-through flags alone: which Config fields they set
+    """The sweep: its runs as validated Configs, every check made before anything is written."""
+    given, points = check_args(args, extra)
     reserved = sorted(set(given.explicit) & RESERVED.keys())
     if reserved:
         raise UsageError(f"{config.flag_name(reserved[0])} cannot be passed through: {RESERVED[reserved[0]]}")
-    flags = flag_tokens(given, sorted(set(given.explicit) - set(RUNTIME)))
-    results_dir = Path(args.results_dir).resolve()
-    # a relative --data-dir is the user's; main.py's default (./data) is the repository's
-    data_dir = ((Path.cwd() if "data_dir" in given.explicit else REPO) / given.data_dir).resolve()
+    fields, results_dir = set(given.explicit) - set(RUNTIME), Path(args.results_dir).resolve()
+    data_dir = ((Path.cwd() if "data_dir" in given.explicit else REPO) / given.data_dir).resolve()  # default: REPO's
     threads = given.threads or args.threads_per_run or (args.slurm_cpus if args.executor == "slurm" else 1)
     execution = ["--quiet", "--data-dir", str(data_dir), "--threads", str(threads)]
     runs = []
-    for preset in args.presets:
-        for seed in args.seeds:
-            argv = ["--preset", preset, "--seed", str(seed), *extra, *execution]
-            folder = run_folder(results_dir, preset, seed, flags, main_py.parse_args(argv))
-            argv += ["--results-dir", str(folder)]
-            cfg = main_py.parse_args(argv)  # validated; on Slurm the device is the job's, not this machine's
-            experiment.validate(cfg.replace(device_label=-1) if args.executor == "slurm" else cfg)
-            runs.append(Run(preset, seed, flags, tuple(argv), cfg, folder, f"{preset} seed {seed}"))
+    for preset, point, seed in itertools.product(args.presets, points, args.seeds):
+        argv = ["--preset", preset, "--seed", str(seed), *extra]
+        lrs = main_py.parse_args(argv).lr_tab
+        for key, v in point:  # lr-scale multiplies the run's lr_tab
+            argv += [config.flag_name(GRID[key]), *([f"{x * v:.12g}" for x in lrs] if key == "lr-scale" else [str(v)])]
+        flags = flag_tokens(cfg := main_py.parse_args(argv), sorted(fields | {GRID[k] for k, _ in point}))
+        folder = run_folder(results_dir, preset, seed, flags, cfg)
+        argv += [*execution, "--results-dir", str(folder)]
+        cfg = main_py.parse_args(argv)  # validated; on Slurm the device is the job's, not this machine's
+        experiment.validate(cfg.replace(device_label=-1) if args.executor == "slurm" else cfg)
+        label = " ".join([preset, *(f"{k}={v}" for k, v in point), f"seed {seed}"])
+        runs.append(Run(preset, seed, flags, tuple(argv), cfg, folder, label))
+    for preset in args.presets if args.stack else []:  # can its runs share one computation?
+        import population
+        try:
+            population.check_stackable([r.cfg for r in runs if r.preset == preset])
+        except (ValueError, NotImplementedError) as e:
+            raise UsageError(f"--stack: {preset}: {e}")
     runtime = flag_tokens(runs[0].cfg, sorted(set(given.explicit) & {"data_dir", "device_label", "threads"}))
     man, _ = table1.read_json(results_dir / "sweep.json")
-    man = man if isinstance(man, dict) and table1.has_runs(results_dir) else {}
+    man, flags = man if isinstance(man, dict) and table1.has_runs(results_dir) else {}, flag_tokens(given, fields)
     if man and tuple(man.get("flags", [])) != flags:
         raise UsageError(f"--results-dir {results_dir} holds a sweep with flags [{table1.show_flags(man['flags'])}], "
                          f"this call has [{table1.show_flags(flags)}]: use another --results-dir")
@@ -337,16 +352,13 @@ def plan(args, extra):
 
 
 def write_records(sweep):
-    """DIR/sweep.json (the sweep's flags, the presets and seeds asked for so far) and each run's
-    run.json (what the table reads: a Trial's own files do not say which sweep row made it)."""
-    now = datetime.datetime.now().isoformat(timespec="seconds")
-    old = sweep.manifest.get("runs", {})
+    """DIR/sweep.json (the sweep's flags, presets and seeds so far) and each run's run.json (what the table reads)."""
+    now, old = datetime.datetime.now().isoformat(timespec="seconds"), sweep.manifest.get("runs", {})
     runs = {p: sorted(set(old.get(p, [])) | {r.seed for r in sweep.runs if r.preset == p})
             for p in sorted({*old, *(r.preset for r in sweep.runs)})}
     sweep.results_dir.mkdir(parents=True, exist_ok=True)
     rs.write_json(sweep.results_dir / "sweep.json", dict(flags=list(sweep.flags), runtime_flags=list(sweep.runtime),
-                                                         runs=runs, created=sweep.manifest.get("created", now),
-                                                         updated=now))
+                  runs=runs, created=sweep.manifest.get("created", now), updated=now))
     for r in sweep.runs:
         r.folder.mkdir(parents=True, exist_ok=True)
         rs.write_json(r.folder / "run.json", dict(preset=r.preset, seed=r.seed, flags=list(r.flags),
@@ -366,10 +378,9 @@ def finish(results_dir, outcomes):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
     try:
-        args, extra = make_parser().parse_known_args(argv)
-        if args.table_only and (args.presets or args.seeds or extra):
+        args, extra = make_parser().parse_known_args(argv)  # argv None: sys.argv[1:]
+        if args.table_only and (args.presets or args.seeds or args.grid or args.stack or extra):
             raise UsageError("--table-only runs nothing: give only --results-dir")
         if args.table_only and not table1.has_runs(args.results_dir):
             raise UsageError(f"--table-only: no runs of reproduce.py in {Path(args.results_dir).resolve()}")
@@ -380,17 +391,7 @@ def main(argv=None):
     if sweep is None:
         print(table1.write(args.results_dir), end="")
         return 0
-    if args.executor == "slurm":
-        return run_slurm(args, sweep)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed sweep stops its runs too
-    try:
-        write_records(sweep)
-        return finish(sweep.results_dir, run_local(args, sweep))
-    except KeyboardInterrupt:
-        print("reproduce.py: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return (run_slurm if args.executor == "slurm" else run_local)(args, sweep)
 
 
 if __name__ == "__main__":
