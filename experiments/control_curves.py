@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+from figures import log_error_axis, save  # noqa: E402
 import numpy as np  # noqa: E402
 
 ORIGINAL = Path(__file__).resolve().parent.parent / "docs" / "table1" / "original"
@@ -61,15 +61,10 @@ def main(argv=None):
                 ax.plot(range(1, len(s["test_error"]) + 1), s["test_error"], color="tab:blue", lw=0.6, alpha=0.6)
         for i, (name, test) in enumerate(ctl[key]):
             ax.plot(range(1, len(test) + 1), test, "x-", color=f"C{i + 1}", ms=5, label=f"original: {name}")
-        ax.set(title=f"{key[0]} {key[1]}: test error per epoch", xlabel="epoch", ylabel="test error (%)",
-               yscale="log")
-        ax.grid(alpha=0.3, which="both")
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        log_error_axis(ax, title=f"{key[0]} {key[1]}: test error per epoch", xlabel="epoch",
+                       ylabel="test error (%)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(a.out, dpi=110)
-    print(a.out)
+    save(fig, a.out)
     return 0
 
 

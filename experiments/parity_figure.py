@@ -14,7 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+from figures import log_error_axis, save  # noqa: E402
 
 
 def main(argv=None):
@@ -40,15 +40,10 @@ def main(argv=None):
                 ax.plot(range(1, len(run[key]) + 1), run[key], color="k", lw=2, ls=":",
                         label=f"K {run['Kmax']}, reference s(T+K)" if j == 0 else None)
     for ax, what in zip(axes, ("train", "test")):
-        ax.set(xlabel="epoch", ylabel=f"{what} error (%)", yscale="log",
-               title=f"P-1h one-sided EP, T 40: {what} error (dashed: odd K)")
-        ax.grid(alpha=0.3, which="both")
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        log_error_axis(ax, xlabel="epoch", ylabel=f"{what} error (%)",
+                       title=f"P-1h one-sided EP, T 40: {what} error (dashed: odd K)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(a.out, dpi=110)
-    print(a.out)
+    save(fig, a.out)
     return 0
 
 
