@@ -212,7 +212,7 @@ def bench_plotcurves(device, T=500):
     return dict(preset="fig3-P-1h", T=T, Kmax=10, seconds=timed(lambda: nf.compute_nSdSDT(net, x, y), device, 3))
 
 
-POPULATION_SETTINGS = ("P-1h", "EB-1h")  # the settings --population times (population.py: every fc net)
+POPULATION_SETTINGS = TABLE1  # the settings --population times (population.py stacks every one)
 
 
 def bench_population(device, sizes, names=POPULATION_SETTINGS, repeats=5):
@@ -225,19 +225,16 @@ def bench_population(device, sizes, names=POPULATION_SETTINGS, repeats=5):
     rows = []
     for name in names:
         args = make_args(name, dict(training_method="EP", benchmark=False))
-        if args.kind != "fc":
-            print(f"{name:6} skipped: population.py stacks the fully connected nets only", flush=True)
-            continue
         torch.manual_seed(0)
         single = build_net(args).to(device)
-        x1 = torch.rand(B, 784, device=device)
+        x1 = torch.rand(B, *((1, 28, 28) if args.kind == "conv" else (784,)), device=device)
         y1 = torch.zeros(B, 10, device=device)
         y1[torch.arange(B), torch.randint(10, (B,))] = 1
         fns = {("single", "EP"): lambda: nf.ep_batch(single, x1, y1),
                ("single", "BPTT"): lambda: nf.bptt_batch(single, x1, y1)}
         for M in sizes:
             stack = population.Population([args.replace(seed=s) for s in range(M)], device=device).runs[0].stack
-            x, y = x1.expand(M, B, 784).contiguous(), y1.expand(M, B, 10).contiguous()
+            x, y = x1.expand(M, *x1.shape).contiguous(), y1.expand(M, B, 10).contiguous()
             fns[M, "EP"] = (lambda st, x, y: lambda: st.ep_batch(x, y))(stack, x, y)
             fns[M, "BPTT"] = (lambda st, x, y: lambda: st.bptt_batch(x, y))(stack, x, y)
         times = {k: [] for k in fns}
@@ -317,7 +314,7 @@ def main(argv=None):
                    help="only the whole-process figures: start-up and the busy-machine case (needs MNIST in ./data)")
     p.add_argument("--population", type=int, nargs="+", metavar="M", default=None,
                    help="only the population table: ms per batch per member at population sizes M (e.g. 1 5 32) "
-                        "against single runs, P-1h and EB-1h (or --settings), EP and BPTT")
+                        "against single runs, every Table-1 row (or --settings), EP and BPTT")
     a = p.parse_args(argv)
     if a.device_label >= 0 and not torch.cuda.is_available():
         print("bench.py: error: --device-label: CUDA is not available", file=sys.stderr)

@@ -500,7 +500,7 @@ class convEP(EPNet):
             if n > 0:
                 h = h + s[n - 1] @ P[2 * n - 2]
             g = -s[n] + self.rho(h)
-            if n == 0 and beta:
+            if n == 0 and y is not None:  # nudged (y is None in the free phase; a tensor beta works under vmap)
                 g = g + beta * (y - s[0])
             out.append(s[n] + g)
         inds = []

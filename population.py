@@ -1,10 +1,10 @@
-"""Populations: M runs of one fully connected net trained as one batched computation.
+"""Populations: M runs of one net trained as one batched computation.
 
 A single run of a small net (P-1h's step is a 20 x 512 x 10 product) is largely bound by the fixed
 cost of each tensor operation (on a GPU entirely; on a CPU the 784 x 512 input products are real
 arithmetic, and stay so: see `python bench.py --population 1 5 32`).  A population stacks the parameters of M
 runs that share the architecture, T and Kmax along a leading member dimension, so that one
-torch.baddbmm does the step of every member at once.  Members may differ only in what MAY_DIFFER
+torch.baddbmm (one grouped convolution, for the conv net) does the step of every member at once.  Members may differ only in what MAY_DIFFER
 lists (seed, lr_tab, beta, nudging, the results directory).
 
     cfgs = [config.preset_config("P-1h", seed=s, training_method="EP") for s in (1, 2, 3)]
@@ -19,18 +19,20 @@ from the same initial weights (2M nets, in two stacks).  A member whose loss or 
 NaN/inf is reported as its single run would report it and frozen; the others go on.
 
 Supported: EPdisc (prototypical) and EPcont (energy-based, clamped or not), any depth, any
-activation, one-sided, symmetric and random-sign nudging, EP and truncated BPTT, on the device of
---device-label (tested on the CPU).
-The conv net and the toy model are not (NotImplementedError / ValueError).
+activation (StackedFC: the speed layer's equations written out batched), and convEP (StackedConv:
+torch.func.vmap over netClasses' own equations); one-sided, symmetric and random-sign nudging, EP
+and truncated BPTT, on the device of --device-label (tested on the CPU).  Not the toy model.
 """
 import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.func import vmap
 
 import experiment
 import fastpath
@@ -45,7 +47,7 @@ MAY_DIFFER = ("seed", "lr_tab", "beta", "nudging", "results_dir", "explicit")
 
 def check_stackable(cfgs):
     """The members' Configs with the method's canonical spelling, if they can share one computation;
-    else ValueError naming the field that differs (NotImplementedError for the conv net)."""
+    else ValueError naming the field that differs."""
     if not cfgs:
         raise ValueError("a population needs at least one member")
     cfgs = [c.replace(training_method=METHODS.get(c.training_method, c.training_method)) for c in cfgs]
@@ -65,18 +67,74 @@ def check_stackable(cfgs):
                              f"member {i}: {c.lr_tab})")
     if first.resume:
         raise ValueError("a population starts new runs; continue a member with main.py --resume FOLDER")
-    if first.kind == "conv":
-        raise NotImplementedError("populations of the conv net (--C_tab) are not implemented (it would need "
-                                  "grouped convolutions); train its runs one by one")
-    if first.kind != "fc":
-        raise ValueError("populations are for the fully connected nets (EPcont, EPdisc), not the toy model")
+    if first.kind not in ("fc", "conv"):
+        raise ValueError("populations are for EPcont, EPdisc and convEP, not the toy model")
     return cfgs
 
 
 # ------------------------------------------------------------------------------------------------
-# The batched stepper
+# The batched steppers
 
-class StackedFC:
+class Stack:
+    """What the two batched steppers share: the stacked parameters P (P[i] (M, *shape of the single
+    net's P[i])), the members' beta (M,), lr (M, L) and symmetric (M,) bool, the EP batch (free
+    phase, nudged phase(s), update: netFunctions.ep_batch for every member), and freezing.  A frozen
+    member has lr 0 and zero weights.  A subclass defines initHidden, context, run_steps (beta None:
+    free; (M,): nudged), ep_update, bptt_grads, bptt_batch and `width`."""
+
+    def __init__(self, template, P, beta, lr, symmetric):
+        self.net = template  # its hyperparameters (T, Kmax, dt, clamp, sizes) and its equations
+        self.P = P
+        self.beta, self.lr, self.symmetric = beta, lr, symmetric
+        self.any_symmetric = bool(symmetric.any())
+        self.keys = list(template.state_dict())  # layers.0.weight, layers.0.bias, ...: the order of P
+
+    @property
+    def M(self):
+        return self.P[0].shape[0]
+
+    def members(self, lo, hi):
+        """Members lo..hi-1 as a stack of the same kind on views of this one's tensors."""
+        return type(self)(self.net, [p[lo:hi] for p in self.P], self.beta[lo:hi], self.lr[lo:hi],
+                          self.symmetric[lo:hi])
+
+    @torch.no_grad()
+    def free_phase(self, x, T=None, ctx=None):
+        """T (default net.T) free steps from zero: s(T).  x: (M, B, ...) or (B, ...) shared."""
+        ctx = self.context(x) if ctx is None else ctx
+        return self.run_steps(self.initHidden(x.shape[-1 - self.x_dims]), ctx, self.net.T if T is None else T)
+
+    @torch.no_grad()
+    def ep_batch(self, x, y, sign=None):
+        """One EP update of every member (netFunctions.ep_batch): T free steps, Kmax nudged steps
+        with beta * sign (sign (M,) +-1, random-sign nudging; None = all +1), and for symmetric
+        members a second phase with -beta and the update over 2 beta.  Returns s_0 of the free phase."""
+        K, ctx = self.net.Kmax, self.context(x)
+        seq = self.free_phase(x, ctx=ctx)
+        beta = self.beta if sign is None else self.beta * sign
+        s = self.run_steps(seq, ctx, K, y, beta)
+        ref = seq
+        if self.any_symmetric:
+            s_minus = self.run_steps(seq, ctx, K, y, -self.beta)
+            ref = [torch.where(self.symmetric.view(-1, *(1,) * (a.dim() - 1)), a, b) for a, b in zip(s_minus, seq)]
+            beta = torch.where(self.symmetric, 2 * self.beta, beta)
+        self.ep_update(beta, x, s, ref)
+        return seq[0]
+
+    # --- divergence -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def freeze(self, m):
+        """Member m stops: zero weights (finite states from now on) and learning rates 0."""
+        for p in self.P:
+            p[m].zero_()
+        self.lr[m] = 0.0
+
+    def finite(self):
+        """(M,) bool: the member's weights are all finite."""
+        return torch.stack([torch.isfinite(p).flatten(1).all(1) for p in self.P]).all(0)
+
+
+class StackedFC(Stack):
     """M fully connected nets (EPcont or EPdisc) of one architecture as one network with a leading
     member dimension: P = [W_0, b_0, W_1, b_1, ...], W_n (M, d_n, d_{n+1}), b_n (M, d_n); states
     s_n (M, B, d_n); inputs x (M, B, d_x) (each member its own batch) or (B, d_x) (shared).
@@ -94,22 +152,16 @@ class StackedFC:
     beta (M,), lr (M, L) and symmetric (M,) bool (symmetric nudging) are per member; a frozen
     member has lr 0 and zero weights."""
 
+    x_dims = 1  # an example is a vector
+
     def __init__(self, template, P, beta, lr, symmetric):
-        self.net = template  # its hyperparameters (T, Kmax, dt, clamp, sizes) and its rho, rho', phi
-        self.P = P
-        self.beta, self.lr, self.symmetric = beta, lr, symmetric
-        self.any_symmetric = bool(symmetric.any())
-        self.keys = list(template.state_dict())  # layers.0.weight, layers.0.bias, ...: the order of P
+        super().__init__(template, P, beta, lr, symmetric)
         self.kern = fastpath.activation_kernels(template.act)
 
     @property
-    def M(self):
-        return self.P[0].shape[0]
-
-    def members(self, lo, hi):
-        """Members lo..hi-1 as a StackedFC on views of this one's tensors."""
-        return StackedFC(self.net, [p[lo:hi] for p in self.P], self.beta[lo:hi], self.lr[lo:hi],
-                         self.symmetric[lo:hi])
+    def width(self):
+        """The most numbers a state layer holds per example (evaluate's chunks)."""
+        return max(self.net.size_tab[:-1])
 
     @property
     def scale(self):
@@ -143,7 +195,7 @@ class StackedFC:
 
     def step(self, s, ctx, y=None, beta=None):
         """One synchronous step of every member (fastpath.layered_step, batched, out of place);
-        beta: None (free) or (M, 1, 1) (nudged)."""
+        beta: None (free) or (M,) (nudged)."""
         net, N, dt = self.net, self.net.ns, self.net.dt
         a, rp = (s, None) if net.prototypical else self.rho_rhop(s)
         out = []
@@ -162,7 +214,7 @@ class StackedFC:
                 u = torch.add(u if n == 0 else u * rp[n], s[n], alpha=1.0 - dt)
             out.append(u)
         if beta is not None:
-            out[0] = out[0] + (y - s[0]) * (beta * dt)
+            out[0] = out[0] + (y - s[0]) * (beta.view(-1, 1, 1) * dt)
         if net.clamp:
             out = [t.clamp(0.0, 1.0) for t in out]
         return out
@@ -172,31 +224,7 @@ class StackedFC:
             s = self.step(s, ctx, y, beta)
         return s
 
-    @torch.no_grad()
-    def free_phase(self, x, T=None, ctx=None):
-        """T (default net.T) free steps from zero: s(T)."""
-        ctx = self.context(x) if ctx is None else ctx
-        return self.run_steps(self.initHidden(x.shape[-2]), ctx, self.net.T if T is None else T)
-
     # --- EP -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def ep_batch(self, x, y, sign=None):
-        """One EP update of every member (netFunctions.ep_batch): T free steps, Kmax nudged steps
-        with beta * sign (sign (M,) +-1, random-sign nudging; None = all +1), and for symmetric
-        members a second phase with -beta and the update over 2 beta.  Returns s_0 of the free phase."""
-        K, ctx = self.net.Kmax, self.context(x)
-        seq = self.free_phase(x, ctx=ctx)
-        beta = self.beta if sign is None else self.beta * sign
-        s = self.run_steps(seq, ctx, K, y, beta.view(-1, 1, 1))
-        ref = seq
-        if self.any_symmetric:
-            s_minus = self.run_steps(seq, ctx, K, y, -self.beta.view(-1, 1, 1))
-            sym = self.symmetric.view(-1, 1, 1)
-            ref = [torch.where(sym, a, b) for a, b in zip(s_minus, seq)]
-            beta = torch.where(self.symmetric, 2 * self.beta, beta)
-        self.ep_update(beta, x, s, ref)
-        return seq[0]
-
     @torch.no_grad()
     def ep_update(self, beta, x, s, ref):
         """theta_n += lr_n / (beta B) [dPhi/dtheta_n(s) - dPhi/dtheta_n(ref)] per member; the hidden
@@ -260,19 +288,6 @@ class StackedFC:
         self.P[-1].add_(G.sum(1))
         return s0
 
-    # --- divergence -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def freeze(self, m):
-        """Member m stops: zero weights (finite states from now on) and learning rates 0."""
-        for p in self.P:
-            p[m].zero_()
-        self.lr[m] = 0.0
-
-    def finite(self):
-        """(M,) bool: the member's weights are all finite."""
-        return torch.stack([torch.isfinite(p).flatten(1).all(1) for p in self.P]).all(0)
-
-
 @dataclass
 class Context:
     """What stays fixed during a batch (StackedFC.context): the pre-scaled couplings W[n] (M, d_n,
@@ -291,11 +306,92 @@ class Context:
                    b, dx)
 
 
+def vmapped(fn, in_dims=0):
+    """torch.func.vmap(fn), without torch's warning that max_unpool2d has no batching rule (vmap then
+    loops over the members for that one operation, a small part of the conv net's step)."""
+    batched = vmap(fn, in_dims=in_dims)
+
+    def call(*args):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*batching rule for aten::max_unpool2d")
+            return batched(*args)
+    return call
+
+
+class StackedConv(Stack):
+    """M conv nets (convEP) of one architecture: torch.func.vmap over convEP's own drive, step and
+    hebbian, so that the equations are netClasses' (convEP has no speed layer: its single run is
+    that plain path too) and each convolution of the M members runs as one grouped convolution.
+    States s_n (M, B, ...) with, after them, the pooling indices (M, B, C, p, p); x (M, B, 1, 28, 28)
+    (each member its batch) or (B, 1, 28, 28) (shared, the test set).  BPTT: autograd through the
+    vmapped window, as the single run's plain path does (PlainPath.bptt_grads)."""
+
+    x_dims = 3  # an example is an image (C, H, W)
+
+    @property
+    def width(self):
+        """The most numbers a layer holds per example: a conv layer's output before pooling."""
+        net = self.net
+        return max([max(net.size_tab)] + [c * h * h for c, h in zip(net.C_tab, net.conv_out)])
+
+    def x_in(self, x):
+        """vmap's in_dim of the input: per member (0) or shared (None)."""
+        return 0 if x.dim() == 2 + self.x_dims else None
+
+    def initHidden(self, B):
+        return [t.expand(self.M, *t.shape).clone() for t in self.net.initHidden(B)]
+
+    def context(self, x, P=None):
+        """The bottom conv layer's pooled input and its pooling indices, per member (convEP.drive)."""
+        return vmapped(self.net.drive, in_dims=(self.x_in(x), 0))(x, self.P if P is None else P)
+
+    def step(self, s, d, y=None, beta=None, P=None):
+        """One synchronous step of every member (convEP.step); beta None (free) or (M,) (nudged)."""
+        P = self.P if P is None else P
+        if beta is None:
+            return vmapped(lambda s, d, P: self.net.step(s, d, P))(s, d, P)
+        return vmapped(self.net.step)(s, d, P, y, beta)
+
+    def run_steps(self, s, ctx, steps, y=None, beta=None, P=None):
+        for _ in range(steps):
+            s = self.step(s, ctx, y, beta, P)
+        return s
+
+    @torch.no_grad()
+    def ep_update(self, beta, x, s, ref):
+        """theta += lr / (beta B) [dPhi/dtheta(s) - dPhi/dtheta(ref)] per member (convEP.hebbian)."""
+        B, hebbian = s[0].shape[1], vmapped(self.net.hebbian, in_dims=(self.x_in(x), 0))
+        k = self.lr / (beta.unsqueeze(1) * B)  # (M, L)
+        for i, (p, a, b) in enumerate(zip(self.P, hebbian(x, s), hebbian(x, ref))):
+            p.add_((a - b).mul_(k[:, i // 2].view(-1, *(1,) * (p.dim() - 1))))
+
+    def bptt_grads(self, x, y):
+        """(s_0(T), gradients aligned with P): T - Kmax free steps, then autograd through the last
+        Kmax transitions (the sum of the members' losses gives each member its own gradients)."""
+        K = self.net.Kmax
+        with torch.no_grad():
+            s = self.free_phase(x, T=self.net.T - K)
+        with torch.enable_grad():
+            P = [p.detach().requires_grad_() for p in self.P]
+            s = self.run_steps(s, self.context(x, P), K, P=P)
+            L = 0.5 * ((s[0] - y) ** 2).sum() / y.shape[1]
+            g = torch.autograd.grad(L, P, materialize_grads=True)
+        return s[0].detach(), list(g)
+
+    @torch.no_grad()
+    def bptt_batch(self, x, y):
+        """One truncated-BPTT SGD step of every member (netFunctions.bptt_batch).  Returns s_0(T)."""
+        s0, grads = self.bptt_grads(x, y)
+        for i, (p, g) in enumerate(zip(self.P, grads)):
+            p.add_(g.mul_(-self.lr[:, i // 2].view(-1, *(1,) * (p.dim() - 1))))
+        return s0
+
+
 @dataclass
 class MemberWeights:
     """One member's weights in its single net's state_dict form (same keys and shapes), for
     results.save_checkpoint."""
-    stack: StackedFC
+    stack: Stack
     m: int
 
     def state_dict(self):
@@ -313,20 +409,21 @@ def member_net(cfg, dtype, device):
 
 
 def stack_nets(nets, cfgs):
-    """A StackedFC of copies of the nets' parameters, with the members' beta, lr and nudging."""
+    """A StackedFC (StackedConv for convEP) of copies of the nets' parameters, with the members' beta, lr
+    and nudging."""
     w = nets[0].layers[0].weight
     P = [torch.stack([p.detach() for p in ps]) for ps in zip(*(n.param_list() for n in nets))]
     beta = torch.tensor([c.beta for c in cfgs], dtype=w.dtype, device=w.device)
     lr = torch.tensor([c.lr_tab for c in cfgs], dtype=w.dtype, device=w.device)
     symmetric = torch.tensor([c.nudging == "symmetric" for c in cfgs], device=w.device)
-    return StackedFC(nets[0], P, beta, lr, symmetric)
+    return (StackedConv if cfgs[0].kind == "conv" else StackedFC)(nets[0], P, beta, lr, symmetric)
 
 
 @dataclass
 class Run:
     """One training method's stack: method EP or BPTT, suffix of its results keys ('' or '_bptt')."""
     method: str
-    stack: StackedFC
+    stack: Stack
     suffix: str
 
 
@@ -420,7 +517,7 @@ def evaluate(stack, X, Y, batch_size):
     """Test error % of every member (netFunctions.evaluate): T free steps on the shared test set,
     batch_size examples at a time, in chunks of members small enough to keep every state tensor a
     few MB (large test batches are arithmetic-bound: stacking more members gains nothing there)."""
-    width = max(stack.net.size_tab[:-1]) * min(batch_size, X.shape[0])
+    width = stack.width * min(batch_size, X.shape[0])
     chunk = max(1, EVAL_ELEMENTS // width)
     wrong = torch.zeros(stack.M, dtype=torch.long, device=X.device)
     for lo in range(0, stack.M, chunk):
@@ -524,8 +621,9 @@ def load_data(cfg, log):
     import mnist
     device = torch.device("cpu" if cfg.device_label < 0 else f"cuda:{cfg.device_label}")
     try:
-        Xtr, Ytr = mnist.load_mnist(cfg.data_dir, True, cfg.train_subset, True, device, log=log)
-        Xte, Yte = mnist.load_mnist(cfg.data_dir, False, cfg.test_subset, True, device, log=log)
+        flat = not cfg.C_tab  # the conv net takes images
+        Xtr, Ytr = mnist.load_mnist(cfg.data_dir, True, cfg.train_subset, flat, device, log=log)
+        Xte, Yte = mnist.load_mnist(cfg.data_dir, False, cfg.test_subset, flat, device, log=log)
     except mnist.DataError as e:
         raise experiment.UsageError(str(e))
     return Xtr, Ytr, Xte, Yte

@@ -304,8 +304,6 @@ BAD = {
     "grid-not-a-number": (["--presets", "P-1h", "--seeds", 1, "--grid", "lr-scale=1,two"], r"take numbers"),
     "grid-bad-value": (["--presets", "P-1h", "--seeds", 1, "--grid", "beta=0.1,-1"], r"--beta must be a finite number"),
     "grid-bad-nudging": (["--presets", "P-1h", "--seeds", 1, "--grid", "nudging=symmetric,both"], r"--nudging: invalid"),
-    "stack-conv": (["--presets", "P-1h", "P-conv", "--seeds", 1, 2, "--stack"],
-                   r"--stack: P-conv: populations of the conv net \(--C_tab\) are not implemented"),
     "table-only-with-stack": (["--table-only", "--stack"], r"--table-only runs nothing"),
 }
 
