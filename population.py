@@ -529,6 +529,62 @@ def evaluate(stack, X, Y, batch_size):
 
 
 # ------------------------------------------------------------------------------------------------
+# The projected wall time, measured before training
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_of(stack):
+    """A stack on copies of the tensors: timing batches on it leaves the population's weights alone."""
+    return type(stack)(stack.net, [p.clone() for p in stack.P], stack.beta.clone(), stack.lr.clone(),
+                       stack.symmetric.clone())
+
+
+def seconds_per_epoch(run, cfgs, Xtr, Ytr, Xte, Yte, batches=3, warmup=2):
+    """One method's projected wall seconds per epoch of the whole population: the median of
+    `batches` training batches of epoch 1's data order, timed after `warmup` batches, on a copy of
+    the stack, times the epoch's batches, plus a test pass projected from one timed chunk of up to
+    100 test images (per image; a full test batch runs at least as fast per image)."""
+    stack, B, device = copy_of(run.stack), cfgs[0].batch_size, Xtr.device
+    perms, signs, nb = member_batches(cfgs, Xtr.shape[0], 1, stack.P[0].dtype, device)
+    times = []
+    for i in range(min(warmup + batches, nb)):
+        idx = perms[:, i * B:(i + 1) * B]
+        sync(device)
+        t0 = time.perf_counter()
+        stack.ep_batch(Xtr[idx], Ytr[idx], signs[:, i]) if run.method == "EP" else stack.bptt_batch(Xtr[idx], Ytr[idx])
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    timed = sorted(times[warmup:] or times)
+    per_batch = timed[len(timed) // 2]
+    n = min(100, Xte.shape[0])
+    sync(device)
+    t0 = time.perf_counter()
+    evaluate(stack, Xte[:n], Yte[:n], cfgs[0].test_batch_size)
+    sync(device)
+    return per_batch * nb + (time.perf_counter() - t0) * Xte.shape[0] / n
+
+
+def clock(seconds):
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min" if m else f"{seconds:.0f} s"
+
+
+def log_projection(pop, Xtr, Ytr, Xte, Yte, log):
+    """Print the population's projected wall time (every method, every epoch, the test passes)
+    before it trains; returns the projected seconds."""
+    per_epoch = {r.method: seconds_per_epoch(r, pop.cfgs, Xtr, Ytr, Xte, Yte) for r in pop.runs}
+    epochs = pop.cfgs[0].epochs
+    total = epochs * sum(per_epoch.values())
+    log(f"projected wall time: {clock(total)} for {epochs} epoch{'s' * (epochs > 1)} of {pop.M} members ("
+        + ", ".join(f"{m} {clock(t)} an epoch" for m, t in per_epoch.items())
+        + "), from 3 timed batches of each method and 100 test images", flush=True)
+    return total
+
+
+# ------------------------------------------------------------------------------------------------
 # Result folders: each member's, as its single run writes them
 
 def population_record(cfgs, m, folders):
@@ -655,6 +711,7 @@ def train_population(cfgs, log=print, argv=None, figures=True):
     progress = Progress(*make_folders(pop, argv))
     log(f"population of {pop.M} (seeds {', '.join(str(c.seed) for c in pop.cfgs)}): results in "
         + ", ".join(str(f) for f in progress.folders), flush=True)
+    log_projection(pop, Xtr, Ytr, Xte, Yte, log)
     for epoch in range(1, pop.cfgs[0].epochs + 1):
         for run in pop.runs:
             stats = train_epoch(run, pop.cfgs, Xtr, Ytr, epoch, progress.stopped)

@@ -11,6 +11,7 @@
   alone with main.py --resume to the numbers of its single run's folder resumed alike.
 """
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -197,6 +198,24 @@ def test_the_toy_model_cannot_be_stacked():
     cfgs = [Config(action="train", toymodel=True, size_tab=[10, 50, 5], lr_tab=[0.1, 0.1], seed=s) for s in (1, 2)]
     with pytest.raises(ValueError, match="not the toy model"):
         pp.Population(cfgs)
+
+
+def test_the_projection_times_a_copy_and_leaves_the_population_alone(one_thread):
+    """log_projection times real batches of each method on copies of the stacks: the population's
+    weights and learning rates are untouched, and the projection is a positive number of seconds."""
+    cfgs = [c.replace(epochs=3) for c in members(dict(action="train", size_tab=[10, 16, 784], T=4, Kmax=2,
+                                                      training_method="EP", benchmark=True))]
+    pop = pp.Population(cfgs)
+    before = [[p.clone() for p in r.stack.P] + [r.stack.lr.clone()] for r in pop.runs]
+    g = torch.Generator().manual_seed(0)
+    X, Xte = torch.rand(100, 784, generator=g), torch.rand(30, 784, generator=g)
+    Y = torch.nn.functional.one_hot(torch.randint(10, (100,), generator=g), 10).float()
+    lines = []
+    total = pp.log_projection(pop, X, Y, Xte, Y[:30], lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert total > 0 and math.isfinite(total)
+    assert len(lines) == 1 and lines[0].startswith("projected wall time: ") and "3 epochs of 3 members (EP " in lines[0]
+    for r, old in zip(pop.runs, before):
+        assert all(torch.equal(p, q) for p, q in zip(r.stack.P + [r.stack.lr], old))
 
 
 # ------------------------------------------------------------------------------------------------
