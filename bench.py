@@ -217,8 +217,9 @@ POPULATION_SETTINGS = TABLE1  # the settings --population times (population.py s
 
 def bench_population(device, sizes, names=POPULATION_SETTINGS, repeats=5):
     """Milliseconds per batch per member of a population of M runs (population.py: one batched
-    computation over the member dimension) against the single-run path (fast, as main.py trains),
-    EP and BPTT, the preset's T and Kmax, batch B, random data; one process.  Populations and
+    computation over the member dimension; on a GPU each batch replayed as a CUDA graph) against the
+    single-run path (fast, as main.py trains), EP and BPTT, the preset's T and Kmax, batch B, random
+    data; one process.  Populations and
     single runs are timed interleaved, one batch each per round (median over rounds): on a shared
     machine the speed drifts."""
     import population
@@ -232,11 +233,13 @@ def bench_population(device, sizes, names=POPULATION_SETTINGS, repeats=5):
         y1[torch.arange(B), torch.randint(10, (B,))] = 1
         fns = {("single", "EP"): lambda: nf.ep_batch(single, x1, y1),
                ("single", "BPTT"): lambda: nf.bptt_batch(single, x1, y1)}
-        for M in sizes:
+        for M in sizes:  # on a GPU each method's batch is replayed as a CUDA graph, as train_population does
             stack = population.Population([args.replace(seed=s) for s in range(M)], device=device).runs[0].stack
             x, y = x1.expand(M, *x1.shape).contiguous(), y1.expand(M, B, 10).contiguous()
-            fns[M, "EP"] = (lambda st, x, y: lambda: st.ep_batch(x, y))(stack, x, y)
-            fns[M, "BPTT"] = (lambda st, x, y: lambda: st.bptt_batch(x, y))(stack, x, y)
+            sign = torch.ones(M, device=device)
+            for method in ("EP", "BPTT"):
+                run = population.Run(method, population.copy_of(stack), "")
+                fns[M, method] = (lambda r, x, y, sg: lambda: population.run_batch(r, x, y, sg, True, print))(run, x, y, sign)
         times = {k: [] for k in fns}
         for r in range(repeats + 1):
             for k, fn in fns.items():

@@ -421,10 +421,70 @@ def stack_nets(nets, cfgs):
 
 @dataclass
 class Run:
-    """One training method's stack: method EP or BPTT, suffix of its results keys ('' or '_bptt')."""
+    """One training method's stack: method EP or BPTT, suffix of its results keys ('' or '_bptt');
+    graph: its training batch captured as a CUDA graph (GraphedBatch), made at its first full batch
+    on a GPU."""
     method: str
     stack: Stack
     suffix: str
+    graph: object = None
+
+    def batch(self, x, y, sign):
+        """One training batch of every member (EP with the nudging signs, or BPTT); s_0 of the free phase."""
+        return self.stack.ep_batch(x, y, sign) if self.method == "EP" else self.stack.bptt_batch(x, y)
+
+
+class GraphedBatch:
+    """A run's training batch as one CUDA graph, replayed for every batch of every epoch.
+
+    On a GPU a population's batch is T + Kmax steps of a few small kernels each (more for BPTT's
+    window), launched one by one from Python: the launches, not the arithmetic, bound it.  The whole
+    batch (free phase, nudged phases, update; or the BPTT window, its autograd backward and the
+    update) is captured once and replayed: the inputs go through fixed buffers, the weights are
+    updated in place in their own tensors (so freezing a member, an in-place write, is seen by the
+    graph).  Capture needs warm-up batches on a side stream; they train, so the weights are saved
+    before and put back after them.  Only on CUDA, only for full batches (a last, smaller batch runs
+    eagerly)."""
+
+    def __init__(self, run, x, y, sign, warmup=3):
+        stack = run.stack
+        self.x, self.y, self.sign = x.clone(), y.clone(), sign.clone()
+        saved = [p.detach().clone() for p in stack.P]
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                run.batch(self.x, self.y, self.sign)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        with torch.no_grad():
+            for p, q in zip(stack.P, saved):
+                p.copy_(q)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.s0 = run.batch(self.x, self.y, self.sign)
+
+    def __call__(self, x, y, sign):
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.sign.copy_(sign)
+        self.graph.replay()
+        return self.s0
+
+
+def run_batch(run, x, y, sign, graphs, log):
+    """run.batch, through its CUDA graph where `graphs` and the batch is full; a capture that fails
+    is reported once and the run goes on eagerly."""
+    if graphs and x.is_cuda and run.graph is not False and (run.graph is None or run.graph.x.shape == x.shape):
+        if run.graph is None:
+            try:
+                run.graph = GraphedBatch(run, x, y, sign)
+            except Exception as e:  # capture is a CUDA-version-dependent feature: never lose the run to it
+                run.graph = False
+                log(f"warning: {run.method} batch not captured as a CUDA graph ({' '.join(str(e).split())[:200]}); "
+                    "running eagerly")
+                return run.batch(x, y, sign)
+        return run.graph(x, y, sign)
+    return run.batch(x, y, sign)
 
 
 class Population:
@@ -476,10 +536,11 @@ def member_batches(cfgs, n, epoch, dtype, device):
     return perms, torch.tensor(signs, dtype=dtype, device=device), nb
 
 
-def train_epoch(run, cfgs, X, Y, epoch, frozen):
+def train_epoch(run, cfgs, X, Y, epoch, frozen, graphs=True, log=print):
     """One epoch of online SGD of every member (netFunctions.train): the prediction of each batch
     is made before its update.  A member whose loss turns NaN/inf is frozen at once; weights that
-    are NaN/inf at the end of the epoch are reported too.  frozen: the members frozen before."""
+    are NaN/inf at the end of the epoch are reported too.  frozen: the members frozen before.
+    graphs: on a GPU, replay each batch as a CUDA graph (GraphedBatch)."""
     t0 = time.perf_counter()
     stack, M, B = run.stack, len(cfgs), cfgs[0].batch_size
     perms, signs, nb = member_batches(cfgs, X.shape[0], epoch, stack.P[0].dtype, X.device)
@@ -488,7 +549,7 @@ def train_epoch(run, cfgs, X, Y, epoch, frozen):
     for i in range(nb):
         idx = perms[:, i * B:(i + 1) * B]
         x, y = X[idx], Y[idx]
-        s0 = stack.ep_batch(x, y, signs[:, i]) if run.method == "EP" else stack.bptt_batch(x, y)
+        s0 = run_batch(run, x, y, signs[:, i], graphs, log)
         losses = (0.5 * ((s0 - y) ** 2).sum((1, 2))).tolist()
         wrong += (s0.argmax(2) != y.argmax(2)).sum(1)
         for m, sq in enumerate(losses):
@@ -542,19 +603,20 @@ def copy_of(stack):
                        stack.symmetric.clone())
 
 
-def seconds_per_epoch(run, cfgs, Xtr, Ytr, Xte, Yte, batches=3, warmup=2):
+def seconds_per_epoch(run, cfgs, Xtr, Ytr, Xte, Yte, batches=3, warmup=2, graphs=True, log=print):
     """One method's projected wall seconds per epoch of the whole population: the median of
     `batches` training batches of epoch 1's data order, timed after `warmup` batches, on a copy of
     the stack, times the epoch's batches, plus a test pass projected from one timed chunk of up to
     100 test images (per image; a full test batch runs at least as fast per image)."""
-    stack, B, device = copy_of(run.stack), cfgs[0].batch_size, Xtr.device
+    probe, B, device = Run(run.method, copy_of(run.stack), run.suffix), cfgs[0].batch_size, Xtr.device
+    stack = probe.stack
     perms, signs, nb = member_batches(cfgs, Xtr.shape[0], 1, stack.P[0].dtype, device)
     times = []
     for i in range(min(warmup + batches, nb)):
         idx = perms[:, i * B:(i + 1) * B]
         sync(device)
         t0 = time.perf_counter()
-        stack.ep_batch(Xtr[idx], Ytr[idx], signs[:, i]) if run.method == "EP" else stack.bptt_batch(Xtr[idx], Ytr[idx])
+        run_batch(probe, Xtr[idx], Ytr[idx], signs[:, i], graphs, log)  # a first GPU batch captures its graph
         sync(device)
         times.append(time.perf_counter() - t0)
     timed = sorted(times[warmup:] or times)
@@ -568,14 +630,17 @@ def seconds_per_epoch(run, cfgs, Xtr, Ytr, Xte, Yte, batches=3, warmup=2):
 
 
 def clock(seconds):
+    if seconds < 600:
+        return f"{seconds:.0f} s"
     h, m = divmod(round(seconds / 60), 60)
-    return f"{h} h {m:02d} min" if h else f"{m} min" if m else f"{seconds:.0f} s"
+    return f"{h} h {m:02d} min" if h else f"{m} min"
 
 
-def log_projection(pop, Xtr, Ytr, Xte, Yte, log):
+def log_projection(pop, Xtr, Ytr, Xte, Yte, log, graphs=True):
     """Print the population's projected wall time (every method, every epoch, the test passes)
     before it trains; returns the projected seconds."""
-    per_epoch = {r.method: seconds_per_epoch(r, pop.cfgs, Xtr, Ytr, Xte, Yte) for r in pop.runs}
+    per_epoch = {r.method: seconds_per_epoch(r, pop.cfgs, Xtr, Ytr, Xte, Yte, graphs=graphs, log=log)
+                 for r in pop.runs}
     epochs = pop.cfgs[0].epochs
     total = epochs * sum(per_epoch.values())
     log(f"projected wall time: {clock(total)} for {epochs} epoch{'s' * (epochs > 1)} of {pop.M} members ("
@@ -696,11 +761,11 @@ def prepare(cfgs):
     return cfgs
 
 
-def train_population(cfgs, log=print, argv=None, figures=True):
+def train_population(cfgs, log=print, argv=None, figures=True, graphs=True):
     """Train the members of a population, epoch by epoch, as one computation; each member's folder
     gets its single run's files after every epoch.  argv: the command line for config.json, shared or
-    one per member.  Returns one experiment.Outcome per member (code 3 and the message for a member
-    that diverged)."""
+    one per member; graphs: on a GPU, replay every training batch as a CUDA graph (GraphedBatch).
+    Returns one experiment.Outcome per member (code 3 and the message for a member that diverged)."""
     cfgs = prepare(cfgs)
     chatter = (lambda *a, **k: None) if cfgs[0].quiet else log
     threads = experiment.thread_count(cfgs[0])
@@ -711,10 +776,10 @@ def train_population(cfgs, log=print, argv=None, figures=True):
     progress = Progress(*make_folders(pop, argv))
     log(f"population of {pop.M} (seeds {', '.join(str(c.seed) for c in pop.cfgs)}): results in "
         + ", ".join(str(f) for f in progress.folders), flush=True)
-    log_projection(pop, Xtr, Ytr, Xte, Yte, log)
+    log_projection(pop, Xtr, Ytr, Xte, Yte, log, graphs)
     for epoch in range(1, pop.cfgs[0].epochs + 1):
         for run in pop.runs:
-            stats = train_epoch(run, pop.cfgs, Xtr, Ytr, epoch, progress.stopped)
+            stats = train_epoch(run, pop.cfgs, Xtr, Ytr, epoch, progress.stopped, graphs, log)
             t0 = time.perf_counter()
             test = evaluate(run.stack, Xte, Yte, pop.cfgs[0].test_batch_size)
             record_epoch(pop, run, stats, test, progress, time.perf_counter() - t0, log)

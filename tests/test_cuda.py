@@ -148,3 +148,65 @@ def test_one_batch_on_cuda_equals_cpu(net, fast, method):
     assert all(t.device == torch.device(DEVICE) for t in got)
     errs = [rel(a, b) for a, b in zip(got, want)]
     assert max(errs) <= TOL, f"{net} ({'fast' if fast else 'plain'}, {method}): s0 and parameters {errs}"
+
+
+# ------------------------------------------------------------------------------------------------
+# populations on cuda:0: float64 against the CPU, and CUDA-graph replay against eager batches
+
+POP_KINDS = {  # (flags of the members' Config, input shape of one example)
+    "EPdisc": (dict(discrete=True, dt=1.0, size_tab=[10, 16, 784], T=8, Kmax=3), (784,)),
+    "EPcont": (dict(dt=0.2, size_tab=[10, 16, 784], T=8, Kmax=3), (784,)),
+    "convEP": (dict(size_tab=[10], C_tab=[6, 4, 1], activation_function="hardsigm", T=6, Kmax=3), (1, 28, 28)),
+}
+
+
+def population_batches(kind, device, dtype, n=3):
+    g = torch.Generator().manual_seed(0)
+    shape = POP_KINDS[kind][1]
+    for _ in range(n):
+        x = torch.rand(3, 5, *shape, generator=g, dtype=dtype)
+        y = F.one_hot(torch.randint(10, (3, 5), generator=g), 10).to(dtype)
+        yield x.to(device), y.to(device), torch.tensor([1.0, 1.0, -1.0], dtype=dtype, device=device)
+
+
+def population(kind, dtype, device):
+    import population as pp
+    from test_population import members
+    base = dict(action="train", training_method="EP", benchmark=True, device_label=DEVICE_LABEL,
+                **POP_KINDS[kind][0])
+    pop = pp.Population(members(base), dtype=dtype, device=torch.device(device))
+    return pp, pop
+
+
+@pytest.mark.parametrize("kind", list(POP_KINDS))
+def test_a_population_on_cuda_equals_the_cpu_float64(kind):
+    """Three batches of EP and of BPTT for a 3-member population (three nudgings) on cuda:0 and on the
+    CPU, float64: weights within TOL."""
+    pp, cpu = population(kind, torch.float64, "cpu")
+    _, gpu = population(kind, torch.float64, DEVICE)
+    for (x, y, sign), (xg, yg, sg) in zip(population_batches(kind, "cpu", torch.float64),
+                                          population_batches(kind, DEVICE, torch.float64)):
+        for rc, rg in zip(cpu.runs, gpu.runs):
+            rc.batch(x, y, sign)
+            rg.batch(xg, yg, sg)
+    errs = [rel(pg, pc) for rc, rg in zip(cpu.runs, gpu.runs) for pc, pg in zip(rc.stack.P, rg.stack.P)]
+    assert max(errs) <= TOL, errs
+
+
+@pytest.mark.parametrize("kind", list(POP_KINDS))
+def test_cuda_graph_replay_equals_eager_batches(kind):
+    """population.GraphedBatch: each method's batch captured once (after warm-up batches, whose updates
+    it must undo) and replayed on three batches gives the weights and predictions of the same three
+    batches run eagerly, float32 (the same kernels: equal within 1e-6 relative), and it was captured
+    (run_batch falls back to eager batches with a warning if capture fails: that must not happen)."""
+    pp, eager = population(kind, torch.float32, DEVICE)
+    _, graphed = population(kind, torch.float32, DEVICE)
+    warnings = []
+    for x, y, sign in population_batches(kind, DEVICE, torch.float32):
+        for re_, rg in zip(eager.runs, graphed.runs):
+            s_e = pp.run_batch(re_, x, y, sign, False, print)
+            s_g = pp.run_batch(rg, x, y, sign, True, warnings.append)
+            assert rel(s_g, s_e) <= 1e-6
+    assert warnings == [] and all(isinstance(r.graph, pp.GraphedBatch) for r in graphed.runs)
+    errs = [rel(pg, pe) for re_, rg in zip(eager.runs, graphed.runs) for pe, pg in zip(re_.stack.P, rg.stack.P)]
+    assert max(errs) <= 1e-6, errs
