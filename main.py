@@ -21,7 +21,10 @@ from config import ACTIONS, ACTIVATION_NAMES, DEFAULTS, METHODS, NUDGINGS, PRESE
 from experiment import FigureError, UsageError, ignored_flags
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2, no usage block, a suggestion for a near-miss flag);
+    reproduce.py's parser is one too."""
+
     def error(self, message):  # one line, no usage block; a near miss gets a suggestion
         m = re.match(r"unrecognized arguments: (\S+)", message)
         if m:
@@ -49,9 +52,9 @@ def make_parser(suppress=False):
     """The flags, with Config's defaults.  suppress=True: no defaults, so that parsing tells which
     flags were given explicitly.  No prefix matching: --epoch is not --epochs."""
     kw = dict(argument_default=argparse.SUPPRESS) if suppress else {}
-    p = _Parser(prog="main.py", description="EP vs BPTT (Ernoult et al. 2019): train, plotcurves (GDU processes)\n"
+    p = Parser(prog="main.py", description="EP vs BPTT (Ernoult et al. 2019): train, plotcurves (GDU processes)\n"
                 "and receipe (sign agreement) on the paper's four networks.", epilog=EPILOG,
-                allow_abbrev=False, formatter_class=_HelpFormatter, **kw)
+                allow_abbrev=False, formatter_class=HelpFormatter, **kw)
 
     def a(*flags, dflt=None, **kwargs):
         dest = kwargs.pop("dest", flags[0].lstrip("-").replace("-", "_"))
@@ -107,7 +110,7 @@ def make_parser(suppress=False):
     return p
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every flag's default in --help (help texts of flags without a fixed default say what happens);
     the epilog's examples kept as written."""
 

@@ -264,7 +264,7 @@ SLURM = [  # flag, type, default, lower bound, metavar, help
 
 
 def make_parser():
-    p = main_py._Parser(prog="reproduce.py", allow_abbrev=False, formatter_class=main_py._HelpFormatter,
+    p = main_py.Parser(prog="reproduce.py", allow_abbrev=False, formatter_class=main_py.HelpFormatter,
                         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     a = p.add_argument
     a("--presets", nargs="+", metavar="NAME", help="train presets (python main.py --list-presets); needed to run")
