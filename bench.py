@@ -280,8 +280,43 @@ def _wall(cmds, together):
     else:
         codes = [subprocess.run(c, env=e, cwd=HERE, stdout=subprocess.DEVNULL).returncode for c, e in cmds]
     if any(codes):
-        raise RuntimeError(f"main.py failed ({codes}); is MNIST in ./data?")
+        raise RuntimeError(f"{Path(cmds[0][0][1]).name} failed ({codes}); is MNIST in ./data?")
     return time.perf_counter() - t0
+
+
+def _reproduce(preset, seeds, epochs, results_dir, *flags):
+    cmd = [sys.executable, "reproduce.py", "--presets", preset, "--seeds", *map(str, seeds), "--epochs", str(epochs),
+           "--quiet", "--results-dir", str(results_dir), *map(str, flags)]
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    return cmd, env
+
+
+def bench_sweep(presets, seeds=(1, 2, 3, 4, 5), epochs=2, rounds=2, extra=()):
+    """Whole sweeps, wall time from the command's start to its exit, with real MNIST (./data): the
+    seeds of a preset (EP + BPTT, the preset's flags, `epochs` epochs) as separate runs the best
+    current way, `reproduce.py --workers 2 --threads-per-run 1`, against the same sweep as one
+    population, `--stack`, at one thread and at two; the three commands interleaved, `rounds` times,
+    each into a fresh results dir."""
+    variants = {"separate, --workers 2 --threads-per-run 1": ["--workers", 2, "--threads-per-run", 1],
+                "--stack --threads-per-run 1": ["--stack", "--threads-per-run", 1],
+                "--stack --threads-per-run 2": ["--stack", "--threads-per-run", 2]}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in presets:
+            walls = {v: [] for v in variants}
+            for r in range(rounds):
+                for i, (v, flags) in enumerate(variants.items()):
+                    cmd, env = _reproduce(preset, seeds, epochs, Path(tmp) / f"{preset}-round{r}-variant{i}", *flags, *extra)
+                    walls[v].append(_wall([(cmd, env)], False))
+                    print(f"{preset} round {r + 1}: {v}: {walls[v][-1]:.1f} s", flush=True)
+            base = statistics.median(walls[next(iter(variants))])
+            for v, w in walls.items():
+                rows.append(dict(preset=preset, seeds=list(seeds), epochs=epochs, variant=v, wall_s=w,
+                                 throughput_vs_separate=base / statistics.median(w)))
+                print(f"{preset:6} {v:42} median {statistics.median(w):7.1f} s  throughput x{rows[-1]['throughput_vs_separate']:.2f}",
+                      flush=True)
+    return rows
 
 
 def bench_process(copies=3):
@@ -315,6 +350,9 @@ def main(argv=None):
     p.add_argument("--levers", action="store_true", help="only the levers table (P-1h, P-2h EP)")
     p.add_argument("--process", action="store_true",
                    help="only the whole-process figures: start-up and the busy-machine case (needs MNIST in ./data)")
+    p.add_argument("--sweep", nargs="+", metavar="PRESET", default=None,
+                   help="only whole sweeps (needs MNIST in ./data): 5 seeds, EP + BPTT, --epochs 2, as separate runs "
+                        "(reproduce.py --workers 2) against one population (--stack), interleaved, 2 rounds")
     p.add_argument("--population", type=int, nargs="+", metavar="M", default=None,
                    help="only the population table: ms per batch per member at population sizes M (e.g. 1 5 32) "
                         "against single runs, every Table-1 row (or --settings), EP and BPTT")
@@ -340,6 +378,13 @@ def main(argv=None):
         with open(a.out + ".tmp", "w") as f:
             json.dump(dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
                            population=rows, date=time.strftime("%Y-%m-%d %H:%M:%S")), f, indent=1)
+        os.replace(a.out + ".tmp", a.out)
+        return 0
+    if a.sweep:
+        rows = bench_sweep(a.sweep, rounds=a.repeats or 2)
+        with open(a.out + ".tmp", "w") as f:
+            json.dump(dict(torch=torch.__version__, cpus=os.cpu_count(), sweep=rows,
+                           date=time.strftime("%Y-%m-%d %H:%M:%S")), f, indent=1)
         os.replace(a.out + ".tmp", a.out)
         return 0
     if a.process:
