@@ -295,12 +295,12 @@ def _reproduce(preset, seeds, epochs, results_dir, *flags):
 def bench_sweep(presets, seeds=(1, 2, 3, 4, 5), epochs=2, rounds=2, extra=()):
     """Whole sweeps, wall time from the command's start to its exit, with real MNIST (./data): the
     seeds of a preset (EP + BPTT, the preset's flags, `epochs` epochs) as separate runs the best
-    current way, `reproduce.py --workers 2 --threads-per-run 1`, against the same sweep as one
-    population, `--stack`, at one thread and at two; the three commands interleaved, `rounds` times,
-    each into a fresh results dir."""
+    current way, `reproduce.py --workers 2 --threads-per-run 1`, against the same sweep as
+    populations, `--stack`: two (one per worker, one thread each) or one (two threads); the three
+    commands interleaved, `rounds` times, each into a fresh results dir."""
     variants = {"separate, --workers 2 --threads-per-run 1": ["--workers", 2, "--threads-per-run", 1],
-                "--stack --threads-per-run 1": ["--stack", "--threads-per-run", 1],
-                "--stack --threads-per-run 2": ["--stack", "--threads-per-run", 2]}
+                "--stack --workers 2 --threads-per-run 1": ["--stack", "--workers", 2, "--threads-per-run", 1],
+                "--stack --workers 1 --threads-per-run 2": ["--stack", "--workers", 1, "--threads-per-run", 2]}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in presets:
@@ -351,8 +351,9 @@ def main(argv=None):
     p.add_argument("--process", action="store_true",
                    help="only the whole-process figures: start-up and the busy-machine case (needs MNIST in ./data)")
     p.add_argument("--sweep", nargs="+", metavar="PRESET", default=None,
-                   help="only whole sweeps (needs MNIST in ./data): 5 seeds, EP + BPTT, --epochs 2, as separate runs "
+                   help="only whole sweeps (needs MNIST in ./data): 5 seeds, EP + BPTT, --epochs epochs, as separate runs "
                         "(reproduce.py --workers 2) against one population (--stack), interleaved, 2 rounds")
+    p.add_argument("--epochs", type=int, default=2, help="--sweep: epochs of every run")
     p.add_argument("--population", type=int, nargs="+", metavar="M", default=None,
                    help="only the population table: ms per batch per member at population sizes M (e.g. 1 5 32) "
                         "against single runs, every Table-1 row (or --settings), EP and BPTT")
@@ -381,7 +382,7 @@ def main(argv=None):
         os.replace(a.out + ".tmp", a.out)
         return 0
     if a.sweep:
-        rows = bench_sweep(a.sweep, rounds=a.repeats or 2)
+        rows = bench_sweep(a.sweep, epochs=a.epochs, rounds=a.repeats or 2)
         with open(a.out + ".tmp", "w") as f:
             json.dump(dict(torch=torch.__version__, cpus=os.cpu_count(), sweep=rows,
                            date=time.strftime("%Y-%m-%d %H:%M:%S")), f, indent=1)

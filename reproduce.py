@@ -5,7 +5,7 @@
     python reproduce.py --presets P-1h EB-1h --seeds 1 2 3 4 5 --workers 2 --results-dir DIR
     python reproduce.py --presets P-2h --seeds 1 2 3 4 5 --results-dir DIR --executor slurm \\
                         --slurm-partition gpu --slurm-time 600 --slurm-gpus 1 --device-label 0
-    python reproduce.py --presets P-1h --seeds 1 2 3 --grid beta=0.1,0.05 --stack --results-dir DIR
+    python reproduce.py --presets P-1h --seeds 1 2 3 --grid beta=0.1,0.05 --stack --workers 2 --results-dir DIR
     python reproduce.py --table-only --results-dir DIR
 
 Other flags are main.py's, passed to every run over the preset (--epochs 1 --T 8 ...); all but --data-dir,
@@ -187,14 +187,15 @@ def worker_init(parent):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def jobs_of(runs, stack):
-    """The jobs' items: each run alone or, with --stack, the runs of each preset (consecutive) as one tuple."""
-    return [tuple(g) for _, g in itertools.groupby(runs, lambda r: r.preset)] if stack else list(runs)
+def jobs_of(runs, stack, split=1):
+    """The jobs' items: each run alone or, with --stack, each preset's runs as `split` populations (tuples)."""
+    groups = [list(g) for _, g in itertools.groupby(runs, lambda r: r.preset)] if stack else []  # consecutive
+    return [tuple(g[i::min(split, len(g))]) for g in groups for i in range(min(split, len(g)))] or list(runs)
 
 
 def run_local(args, sweep):
     """Run the sweep's jobs, --workers at once, and aggregate; the exit code."""
-    items = jobs_of(sweep.runs, args.stack)
+    items = jobs_of(sweep.runs, args.stack, args.workers)
     ex = cf.ProcessPoolExecutor(max(1, min(args.workers, len(items))), multiprocessing.get_context("spawn"),
                                 initializer=worker_init, initargs=(os.getpid(),))
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed sweep stops its runs too
@@ -216,9 +217,7 @@ def run_slurm(args, sweep):
     """Submit the runs that need work as one array job and return; a failed submission writes nothing."""
     outs = [state(r)[2] for r in sweep.runs]  # read-only: the jobs discard stale Trials under their lock
     todo = [r for r, out in zip(sweep.runs, outs) if not out or out.code == 1]
-    for r, out in zip(sweep.runs, outs):
-        if out and out.code != 1:
-            report(r, outs=[out])
+    [report(r, outs=[out]) for r, out in zip(sweep.runs, outs) if out and out.code != 1]
     if not todo:
         write_records(sweep)
         return finish(sweep.results_dir, [])
@@ -270,7 +269,7 @@ def make_parser():
     a("--presets", nargs="+", metavar="NAME", help="train presets (python main.py --list-presets); needed to run")
     a("--seeds", nargs="+", type=int, metavar="S", help="one run per seed and preset; needed to run")
     a("--grid", nargs="+", metavar="KEY=V1,V2", help="crosses the seeds; KEY: beta, nudging, lr-scale (lr_tab factor)")
-    a("--stack", action="store_true", help="train each preset's runs in one job, as one population (population.py)")
+    a("--stack", action="store_true", help="train each preset's runs as populations (population.py), one per --workers")
     a("--results-dir", default="results/table1", metavar="DIR", help="the sweep: runs/, sweep.json, table1.*")
     a("--table-only", action="store_true", help="aggregate what is in --results-dir, run nothing")
     a("--executor", choices=["local", "slurm"], default="local",

@@ -704,3 +704,14 @@ def test_summary_figure_and_combined_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "docs" / "old" / "table1.png").is_file()
     assert out.startswith("| sweep | preset |") and out.count("| old | P-1h |") == 2, out
+
+
+def test_stack_with_workers_splits_each_preset_into_one_population_per_worker(tmp_path):
+    runs = planned(tmp_path, "--presets", "P-1h", "EB-1h", "--seeds", 1, 2, 3, *STACK_TINY, "--stack").runs
+    seeds = lambda items: [[(r.preset, r.seed) for r in item] for item in items]  # noqa: E731
+    assert seeds(rp.jobs_of(runs, True, 2)) == [[("P-1h", 1), ("P-1h", 3)], [("P-1h", 2)],
+                                                [("EB-1h", 1), ("EB-1h", 3)], [("EB-1h", 2)]]
+    assert seeds(rp.jobs_of(runs, True)) == [[("P-1h", 1), ("P-1h", 2), ("P-1h", 3)],
+                                             [("EB-1h", 1), ("EB-1h", 2), ("EB-1h", 3)]]
+    assert seeds(rp.jobs_of(runs, True, 5)) == [[("P-1h", s)] for s in (1, 2, 3)] + [[("EB-1h", s)] for s in (1, 2, 3)]
+    assert rp.jobs_of(runs, False, 2) == list(runs)
