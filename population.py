@@ -460,7 +460,7 @@ class GraphedBatch:
             for p, q in zip(stack.P, saved):
                 p.copy_(q)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=side):  # the warm-up's stream: its library handles exist
             self.s0 = run.batch(self.x, self.y, self.sign)
 
     def __call__(self, x, y, sign):
