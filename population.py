@@ -345,16 +345,18 @@ class StackedConv(Stack):
         """The bottom conv layer's pooled input and its pooling indices, per member (convEP.drive)."""
         return vmapped(self.net.drive, in_dims=(self.x_in(x), 0))(x, self.P if P is None else P)
 
-    def step(self, s, d, y=None, beta=None, P=None):
-        """One synchronous step of every member (convEP.step); beta None (free) or (M,) (nudged)."""
+    def run_steps(self, s, ctx, steps, y=None, beta=None, P=None):
+        """`steps` synchronous steps of every member (convEP.step); beta None (free) or (M,) (nudged).
+        The batched step is made once per call, not once per step."""
         P = self.P if P is None else P
         if beta is None:
-            return vmapped(lambda s, d, P: self.net.step(s, d, P))(s, d, P)
-        return vmapped(self.net.step)(s, d, P, y, beta)
-
-    def run_steps(self, s, ctx, steps, y=None, beta=None, P=None):
+            free = vmapped(lambda s, d, P: self.net.step(s, d, P))
+            for _ in range(steps):
+                s = free(s, ctx, P)
+            return s
+        nudged = vmapped(self.net.step)
         for _ in range(steps):
-            s = self.step(s, ctx, y, beta, P)
+            s = nudged(s, ctx, P, y, beta)
         return s
 
     @torch.no_grad()
