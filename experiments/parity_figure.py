@@ -3,7 +3,7 @@ beta 0.1, P-1h's learning rates) for each K, one thin line per seed, from the sw
 the runs of experiments/reference.py (EP compared with the free state continued for K steps).
 
     python experiments/parity_figure.py --out docs/table1/experiments/parity.png \\
-        docs/table1/parity-K13 docs/table1/parity-K14 ... [--reference docs/table1/experiments/reference/continued-K15.json]
+        docs/table1/parity-K13 docs/table1/parity-K14 ... [--reference docs/table1/experiments/reference/P-1h-continued-K15.json]
 """
 import argparse
 import json

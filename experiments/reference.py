@@ -9,12 +9,15 @@ as beta shrinks; symmetric nudging cancels it exactly and random-sign nudging on
 what makes one-sided EP drift at T 40 / K 15, then comparing with the free state continued for K
 steps, s(T+K), must remove the drift.
 
-This trains the P-1h preset, EP only, one-sided, with either reference: "free" (s(T), the paper's:
-this loop then equals `main.py --preset P-1h --no-benchmark` batch for batch) or "continued"
-(s(T+K)), and writes the train and test error per epoch.
+This trains a preset (P-1h unless told), EP only, one-sided, with either reference: "free" (s(T), the
+paper's: this loop then equals `main.py --preset P-1h --no-benchmark` batch for batch) or "continued"
+(s(T+K)), and writes the train and test error per epoch to OUT/PRESET-REFERENCE-K<K>.json.  After
+every epoch each seed's weights are checkpointed under --checkpoints, so the same command run again
+continues where it was cut (the data order depends only on seed and epoch).
 
     python experiments/reference.py --reference continued --seeds 1 2 --epochs 15 --Kmax 15 \\
         --out docs/table1/experiments/reference
+    python experiments/reference.py --preset P-2h --reference continued --seeds 1 --epochs 20
 """
 import argparse
 import sys
@@ -50,33 +53,47 @@ def epoch(net, X, Y, seed, e, reference):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", choices=("free", "continued"), required=True)
+    p.add_argument("--preset", choices=("P-1h", "P-2h", "P-3h", "EB-1h", "EB-2h", "P-1h-T30K10"), default="P-1h")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--Kmax", type=int, default=15)
+    p.add_argument("--Kmax", type=int, default=None, help="the nudged phase's length (default: the preset's)")
     p.add_argument("--out", default="docs/table1/experiments/reference")
+    p.add_argument("--checkpoints", default="results/experiments/reference")
     a = p.parse_args(argv)
+    if a.epochs < 1 or (a.Kmax is not None and a.Kmax < 1) or min(a.seeds) < 0:
+        p.error("--epochs and --Kmax must be >= 1, seeds >= 0")
     torch.set_num_threads(1)
     quiet = dict(log=lambda *a, **k: None)
     Xtr, Ytr = mnist.load_mnist("data", True, None, True, torch.device("cpu"), **quiet)
     Xte, Yte = mnist.load_mnist("data", False, None, True, torch.device("cpu"), **quiet)
-    out = Path(a.out)
+    out, ckdir = Path(a.out), Path(a.checkpoints)
     out.mkdir(parents=True, exist_ok=True)
+    ckdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in a.seeds:
-        cfg = preset_config("P-1h", seed=seed, benchmark=False, Kmax=a.Kmax)
+        cfg = preset_config(a.preset, seed=seed, benchmark=False,
+                            **({} if a.Kmax is None else dict(Kmax=a.Kmax)))
+        name = f"{a.preset}-{a.reference}-K{cfg.Kmax}"
         nf.set_seed(seed)
         torch.manual_seed(seed)  # the initial weights of a single run with this seed
         net = build_net(cfg)
-        row = dict(seed=seed, reference=a.reference, Kmax=a.Kmax, train_error=[], test_error=[], seconds=[])
+        row = dict(seed=seed, preset=a.preset, reference=a.reference, Kmax=cfg.Kmax,
+                   train_error=[], test_error=[], seconds=[])
+        ck = ckdir / f"{name}-seed{seed}.pt"
+        if ck.is_file():  # resume: the weights and the curves after the last finished epoch
+            saved = torch.load(ck, map_location="cpu", weights_only=True)
+            net.load_state_dict(saved["net"])
+            row = saved["row"]
         rows.append(row)
-        for e in range(1, a.epochs + 1):
+        for e in range(len(row["train_error"]) + 1, a.epochs + 1):
             t0 = time.perf_counter()
             row["train_error"].append(epoch(net, Xtr, Ytr, seed, e, a.reference))
             row["test_error"].append(nf.evaluate(net, Xte, Yte))
             row["seconds"].append(round(time.perf_counter() - t0, 1))
-            print(f"seed {seed} K {a.Kmax} reference {a.reference} epoch {e}: train {row['train_error'][-1]:.2f} % "
+            print(f"{a.preset} seed {seed} K {cfg.Kmax} reference {a.reference} epoch {e}: train {row['train_error'][-1]:.2f} % "
                   f"test {row['test_error'][-1]:.2f} %", flush=True)
-            rs.write_json(out / f"{a.reference}-K{a.Kmax}.json", dict(
+            rs.atomic_write(ck, lambda f: torch.save(dict(net=net.state_dict(), row=row), f))
+            rs.write_json(out / f"{name}.json", dict(
                 command=" ".join(["python", "experiments/reference.py", *sys.argv[1:]]), runs=rows))
     return 0
 
