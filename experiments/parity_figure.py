@@ -1,9 +1,12 @@
-"""The P-1h drift against the length of the nudged phase: train error per epoch of one-sided EP (T 40,
-beta 0.1, P-1h's learning rates) for each K, one thin line per seed, from the sweeps' table1.json, and
-the runs of experiments/reference.py (EP compared with the free state continued for K steps).
+"""One-sided EP's drift against the length of the nudged phase: train and test error per epoch of the
+EP rows of the given sweeps (each K a colour, dashed when odd), one thin line per seed, from the
+sweeps' table1.json, and the runs of experiments/reference.py (EP compared with the free state
+continued for K steps).
 
     python experiments/parity_figure.py --out docs/table1/experiments/parity.png \\
         docs/table1/parity-K13 docs/table1/parity-K14 ... [--reference docs/table1/experiments/reference/P-1h-continued-K15.json]
+    python experiments/parity_figure.py --out docs/table1/experiments/p2h-reference.png docs/table1/table1-p2h \\
+        --reference docs/table1/experiments/reference/P-2h-continued-K20.json
 """
 import argparse
 import json
@@ -16,6 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from figures import log_error_axis, save  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from config import preset_config  # noqa: E402
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -25,9 +31,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    presets = set()
     for i, sweep in enumerate(a.sweeps):
         for row in json.loads((Path(sweep) / "table1.json").read_text())["rows"]:
-            K = next((row["flags"][j + 1] for j, f in enumerate(row["flags"]) if f == "--Kmax"), "15")
+            if row["method"] != "EP" or row.get("nudging") not in (None, "one-sided"):
+                continue
+            presets.add(row["preset"])
+            K = next((row["flags"][j + 1] for j, f in enumerate(row["flags"]) if f == "--Kmax"),
+                     preset_config(row["preset"]).Kmax)
             parity = "odd" if int(K) % 2 else "even"
             for j, seed in enumerate(row["per_seed"]):
                 for ax, key in zip(axes, ("train_error", "test_error")):
@@ -41,7 +52,7 @@ def main(argv=None):
                         label=f"K {run['Kmax']}, reference s(T+K)" if j == 0 else None)
     for ax, what in zip(axes, ("train", "test")):
         log_error_axis(ax, xlabel="epoch", ylabel=f"{what} error (%)",
-                       title=f"P-1h one-sided EP, T 40: {what} error (dashed: odd K)")
+                       title=f"{', '.join(sorted(presets))} one-sided EP: {what} error (dashed: odd K)")
     axes[0].legend(fontsize=8)
     save(fig, a.out)
     return 0
