@@ -1,12 +1,12 @@
 """One-sided EP's drift against the length of the nudged phase: train and test error per epoch of the
 EP rows of the given sweeps (each K a colour, dashed when odd), one thin line per seed, from the
-sweeps' table1.json, and the runs of experiments/reference.py (EP compared with the free state
-continued for K steps).
+sweeps' table1.json, and the runs of experiments/reference.py (black: EP compared with s(T), the
+paper's reference, solid, or with the free state continued for K steps, s(T+K), dotted).
 
     python experiments/parity_figure.py --out docs/table1/experiments/parity.png \\
         docs/table1/parity-K13 docs/table1/parity-K14 ... [--reference docs/table1/experiments/reference/P-1h-continued-K15.json]
-    python experiments/parity_figure.py --out docs/table1/experiments/p2h-reference.png docs/table1/table1-p2h \\
-        --reference docs/table1/experiments/reference/P-2h-continued-K20.json
+    python experiments/parity_figure.py --out docs/table1/experiments/p2h-reference.png --reference \\
+        docs/table1/experiments/reference/P-2h-free-K20.json docs/table1/experiments/reference/P-2h-continued-K20.json
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ from config import preset_config  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sweeps", nargs="+", help="sweep folders holding table1.json")
+    p.add_argument("sweeps", nargs="*", help="sweep folders holding table1.json")
     p.add_argument("--reference", nargs="*", default=[], help="experiments/reference.py JSON files")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
@@ -47,9 +47,12 @@ def main(argv=None):
                             label=f"K {K} ({parity})" if j == 0 else None)
     for path in a.reference:
         for j, run in enumerate(json.loads(Path(path).read_text())["runs"]):
+            presets.add(run.get("preset", "P-1h"))
+            free = run["reference"] == "free"
             for ax, key in zip(axes, ("train_error", "test_error")):
-                ax.plot(range(1, len(run[key]) + 1), run[key], color="k", lw=2, ls=":",
-                        label=f"K {run['Kmax']}, reference s(T+K)" if j == 0 else None)
+                ax.plot(range(1, len(run[key]) + 1), run[key], color="k", lw=1.5 if free else 2,
+                        ls="-" if free else ":",
+                        label=f"K {run['Kmax']}, reference {'s(T)' if free else 's(T+K)'}" if j == 0 else None)
     for ax, what in zip(axes, ("train", "test")):
         log_error_axis(ax, xlabel="epoch", ylabel=f"{what} error (%)",
                        title=f"{', '.join(sorted(presets))} one-sided EP: {what} error (dashed: odd K)")
