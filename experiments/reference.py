@@ -81,9 +81,9 @@ def main(argv=None):
                    train_error=[], test_error=[], seconds=[])
         ck = ckdir / f"{name}-seed{seed}.pt"
         if ck.is_file():  # resume: the weights and the curves after the last finished epoch
-            saved = torch.load(ck, map_location="cpu", weights_only=True)
+            saved = rs.load_checkpoint(ck)
             net.load_state_dict(saved["net"])
-            row = saved["row"]
+            row = saved["results"]
         rows.append(row)
         for e in range(len(row["train_error"]) + 1, a.epochs + 1):
             t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def main(argv=None):
             row["seconds"].append(round(time.perf_counter() - t0, 1))
             print(f"{a.preset} seed {seed} K {cfg.Kmax} reference {a.reference} epoch {e}: train {row['train_error'][-1]:.2f} % "
                   f"test {row['test_error'][-1]:.2f} %", flush=True)
-            rs.atomic_write(ck, lambda f: torch.save(dict(net=net.state_dict(), row=row), f))
+            rs.save_checkpoint(ck, e, net, None, row)
             rs.write_json(out / f"{name}.json", dict(
                 command=" ".join(["python", "experiments/reference.py", *sys.argv[1:]]), runs=rows))
     return 0
