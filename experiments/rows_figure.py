@@ -22,9 +22,9 @@ from config import preset_config  # noqa: E402
 
 
 def label(row):
-    """'EP, symmetric, β 0.5' from a table1.json row: its method, for EP its nudging and β (the
-    preset's unless a flag sets them), then any other flag that sets the row apart (--no-benchmark
-    and --training-method only say which method ran)."""
+    """'EP, symmetric, β 0.5' from a table1.json row: its method, for EP its nudging (the row's, which
+    its runs recorded) and β (the preset's unless --beta sets it), then any other flag that sets the
+    row apart (--no-benchmark and --training-method only say which method ran)."""
     flags, values, i = [], {}, 0
     while i < len(row["flags"]):
         f = row["flags"][i]
@@ -37,7 +37,7 @@ def label(row):
     parts = [row["method"]]
     if row["method"] == "EP":
         preset = preset_config(row["preset"])
-        parts += [values.get("--nudging", preset.nudging), f"β {values.get('--beta', preset.beta)}"]
+        parts += [row["nudging"] or preset.nudging, f"β {values.get('--beta', preset.beta)}"]
     return ", ".join(parts + flags)
 
 
